@@ -1,1 +1,8 @@
+from .checkpoint import (UnsafeCheckpointError, load_checkpoint_safely,
+                         register_safe_checkpoint_globals, safe_checkpoint_globals)
+from .runtime import setup_runtime
 
+__all__ = [
+    'UnsafeCheckpointError', 'load_checkpoint_safely', 'register_safe_checkpoint_globals',
+    'safe_checkpoint_globals', 'setup_runtime'
+]
