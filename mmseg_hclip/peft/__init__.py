@@ -1,1 +1,32 @@
+"""H-CLIP's method in plain PyTorch (no mm* imports): POF, DCRC, hyperspherical energy,
+tensor products, and the adapter that applies them to an open_clip ViT CLIP.
 
+Map from the paper to the code (details in ``docs/method.md``):
+
+==================  ======================================================================
+Eq. 1 (§3.1)        :func:`hyperspherical_energy`, :func:`relative_energy_drift`
+Eq. 2-3             :func:`cayley`
+Eq. 4-5             :func:`apply_block_diagonal`, :meth:`HCLIPAdapter.forward`
+Eq. 6-7             :meth:`HCLIPAdapter.dcrc_tensor`
+Eq. 8-9             :func:`t_product` (with :func:`circ`, :func:`unfold`, :func:`fold`)
+Eq. 10-15           :func:`transform_product`, :func:`t_product_dft`, :func:`mode_product`
+Eq. 16-17           :class:`DCRC`, :class:`RelationMLP`
+==================  ======================================================================
+"""
+from .adapter import (CAYLEY_CONVENTIONS, OFFICIAL_COMPAT, ORTHOGONAL, SIDE_PRESETS, TARGETS,
+                      TRAIN_MODES, HCLIPAdapter, freeze_module)
+from .block_transforms import apply_block_diagonal, block_diagonal, cayley, skew
+from .clip_towers import TowerSpec, find_vit_towers
+from .dcrc import DCRC, DCRC_VARIANTS, RelationMLP
+from .energy import hyperspherical_energy, relative_energy_drift
+from .tensor_products import (circ, dft_matrix, fold, mode_product, mode_solve, slice_product,
+                              t_product, t_product_dft, transform_product, unfold)
+
+__all__ = [
+    'HCLIPAdapter', 'OFFICIAL_COMPAT', 'TARGETS', 'ORTHOGONAL', 'SIDE_PRESETS', 'TRAIN_MODES',
+    'CAYLEY_CONVENTIONS', 'DCRC_VARIANTS', 'freeze_module', 'cayley', 'skew', 'block_diagonal',
+    'apply_block_diagonal', 'find_vit_towers', 'TowerSpec', 'DCRC', 'RelationMLP',
+    'hyperspherical_energy', 'relative_energy_drift', 'circ', 'unfold', 'fold', 't_product',
+    't_product_dft', 'mode_product', 'mode_solve', 'slice_product', 'transform_product',
+    'dft_matrix'
+]

@@ -1,0 +1,119 @@
+"""Block-diagonal transforms of POF (paper §4.2, Eq. 2-5).
+
+A block-diagonal matrix ``B = diag(R_1, ..., R_b)`` (Eq. 4) with ``q x q`` blocks is never formed
+densely: it is held as its blocks ``[..., b, q, q]`` and applied to a weight ``W [out, in]``
+(``y = x W^T``; the neurons are the rows of ``W``) on either side:
+
+* input side ``W' = W · B`` (``B`` is ``in x in``): every neuron is rotated by the same ``B``, so
+  with an orthogonal ``B`` the pairwise angles between neurons, hence the hyperspherical
+  energy, are unchanged;
+* output side ``W' = B · W`` (``B`` is ``out x out``): the neurons are mixed within each block
+  of ``q`` rows. This is the ``R_ℓ W_ℓ`` form written in Eq. 5.
+
+Orthogonal blocks come from the Cayley map (Eq. 2), computed in fp32 (even under autocast) with
+one batched ``torch.linalg.solve`` and no explicit inverse.
+"""
+import contextlib
+
+import torch
+from torch import Tensor
+
+__all__ = ['skew', 'cayley', 'block_diagonal', 'apply_block_diagonal', 'SIDES']
+
+SIDES = ('input', 'output')
+
+
+def _no_autocast(device_type: str):
+    """A context that disables autocast on ``device_type`` (a no-op where autocast is absent)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def skew(P: Tensor) -> Tensor:
+    """Skew-symmetric part ``Q = (P - P^T) / 2`` of square matrices.
+
+    Args:
+        P (Tensor): ``[..., q, q]``.
+
+    Returns:
+        Tensor: ``[..., q, q]`` with ``Q^T = -Q``.
+    """
+    return 0.5 * (P - P.transpose(-1, -2))
+
+
+def cayley(P: Tensor) -> Tensor:
+    """Cayley map of the skew part of ``P``: ``R = (I + Q)(I - Q)^{-1}``, ``Q = skew(P)`` (Eq. 2).
+
+    ``R`` is orthogonal (Eq. 3: ``R^T R = R R^T = I``) for every ``P``, and ``P = 0`` gives
+    ``R = I`` exactly. Because ``I + Q`` and ``(I - Q)^{-1}`` commute, ``R = (I - Q)^{-1}(I + Q)``
+    is computed as one batched ``torch.linalg.solve(I - Q, I + Q)`` (``I - Q`` is always
+    invertible: its eigenvalues are ``1 - iλ``). The computation runs in fp32 (fp64 inputs stay
+    fp64) with autocast disabled, so bf16/fp16 training keeps exactly orthogonal blocks.
+
+    Args:
+        P (Tensor): raw square blocks ``[..., q, q]``, any float dtype.
+
+    Returns:
+        Tensor: orthogonal blocks ``[..., q, q]`` in fp32 (fp64 for fp64 input).
+    """
+    if P.dim() < 2 or P.shape[-1] != P.shape[-2]:
+        raise ValueError(f'cayley expects square blocks [..., q, q], got shape {tuple(P.shape)}')
+    dtype = torch.float64 if P.dtype == torch.float64 else torch.float32
+    with _no_autocast(P.device.type):
+        Q = skew(P.to(dtype))
+        eye = torch.eye(P.shape[-1], dtype=dtype, device=P.device)
+        return torch.linalg.solve(eye - Q, eye + Q)
+
+
+def block_diagonal(blocks: Tensor) -> Tensor:
+    """Dense ``diag(R_1, ..., R_b)`` (Eq. 4), for tests and small examples.
+
+    Args:
+        blocks (Tensor): ``[..., b, q, q]``.
+
+    Returns:
+        Tensor: ``[..., b * q, b * q]``.
+    """
+    *batch, b, q, _ = blocks.shape
+    eye = torch.eye(b, dtype=blocks.dtype, device=blocks.device)
+    # out[..., i, r, j, c] = δ_ij R_i[r, c]
+    dense = torch.einsum('ij,...irc->...irjc', eye, blocks)
+    return dense.reshape(*batch, b * q, b * q)
+
+
+def apply_block_diagonal(weight: Tensor, blocks: Tensor, side: str = 'input') -> Tensor:
+    """Transform weights by a block-diagonal matrix without forming it (Eq. 4-5).
+
+    Args:
+        weight (Tensor): ``W`` of shape ``[..., out, in]``.
+        blocks (Tensor): ``[..., b, q, q]`` (batch dims broadcast with ``weight``'s), with
+            ``b * q == in`` for ``side='input'`` and ``b * q == out`` for ``side='output'``.
+            Cast to ``weight``'s dtype when they differ (autocast still applies).
+        side (str): ``'input'`` for ``W · B`` or ``'output'`` for ``B · W``.
+
+    Returns:
+        Tensor: the transformed weight ``[..., out, in]``. Cost ``out · in · q`` multiply-adds
+        per weight (a dense ``B`` would cost ``out · in · in``).
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    *_, b, q, q2 = blocks.shape
+    if q != q2:
+        raise ValueError(f'blocks must be square [..., b, q, q], got {tuple(blocks.shape)}')
+    out_features, in_features = weight.shape[-2:]
+    width = in_features if side == 'input' else out_features
+    if b * q != width:
+        raise ValueError(f'{b} blocks of size {q} do not cover the {side} width {width} of a '
+                         f'weight of shape {tuple(weight.shape)}')
+    if blocks.dtype != weight.dtype:
+        blocks = blocks.to(weight.dtype)
+    if side == 'input':
+        # W' [o, (b j)] = sum_i W [o, (b i)] R_b [i, j]
+        w = weight.reshape(*weight.shape[:-1], b, q)
+        out = torch.einsum('...obi,...bij->...obj', w, blocks)
+    else:
+        # W' [(b i), k] = sum_j R_b [i, j] W [(b j), k]
+        w = weight.reshape(*weight.shape[:-2], b, q, in_features)
+        out = torch.einsum('...bij,...bjk->...bik', blocks, w)
+    return out.reshape(weight.shape)
