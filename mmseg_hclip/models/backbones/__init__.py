@@ -1,1 +1,3 @@
+from .hclip_backbone import HCLIPBackbone
 
+__all__ = ['HCLIPBackbone']
