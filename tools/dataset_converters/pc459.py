@@ -10,7 +10,7 @@ gives another list.
 
 RAW_DIR is ``VOCdevkit/VOC2010`` from ``VOCtrainval_03-May-2010.tar`` (or a
 folder holding it); the PASCAL Context files are looked for in
-``--context-dir`` (default: RAW_DIR)::
+``--context-dir`` (default: RAW_DIR, then the VOC2010 folder)::
 
     RAW_DIR/JPEGImages/<id>.jpg
     CONTEXT_DIR/trainval/<id>.mat
@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (WRITTEN, ConversionError, Task, add_image_mode_argument,  # noqa: E402
                      build_parser, check_label_values, classnames_dir, find_voc_root,
-                     first_existing, load_classnames, place_file, require_dir,
+                     first_existing, load_classnames, place_file,
                      require_files_exist, run_main, run_tasks, write_label_png)
 
 BENCHMARK = 'pc459'
@@ -105,7 +105,8 @@ def convert_one(task: Task, num_labels: int, image_mode: str):
 def main(argv=None) -> dict:
     parser = build_parser(__doc__, BENCHMARK, 'VOCdevkit/VOC2010 (or a folder holding it)')
     parser.add_argument('--context-dir', default=None,
-                        help='folder holding trainval/ and labels.txt (default: RAW_DIR)')
+                        help='folder holding trainval/ and labels.txt (default: RAW_DIR, '
+                        'then VOC2010)')
     parser.add_argument('--split-file', default=None,
                         help='validation id list (default: the package\'s '
                         'pascalcontext_val.txt, 5,104 ids)')
@@ -115,8 +116,10 @@ def main(argv=None) -> dict:
     if not raw.is_dir():
         raise ConversionError(f'RAW_DIR {raw} does not exist. {DOWNLOAD_HINT}')
     voc = find_voc_root(raw, 2010, DOWNLOAD_HINT)
-    context = Path(args.context_dir) if args.context_dir else raw
-    mat_dir = require_dir(context / 'trainval', 'PASCAL Context .mat label maps', DOWNLOAD_HINT)
+    contexts = [Path(args.context_dir)] if args.context_dir else list(dict.fromkeys([raw, voc]))
+    mat_dir = first_existing([c / 'trainval' for c in contexts],
+                             'the PASCAL Context .mat label maps (trainval/)', DOWNLOAD_HINT)
+    context = mat_dir.parent
     labels_txt = first_existing([context / 'labels.txt', mat_dir / 'labels.txt'],
                                 'PASCAL Context labels.txt', DOWNLOAD_HINT, kind='file')
     labels = read_labels_txt(labels_txt)

@@ -1,1 +1,3 @@
+from .background_iou_metric import BackgroundMappedIoUMetric
 
+__all__ = ['BackgroundMappedIoUMetric']

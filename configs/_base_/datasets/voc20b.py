@@ -1,0 +1,41 @@
+# PAS-20b (PASCAL VOC 2012 with background), 1,449 validation images.
+# Prepare with: python tools/dataset_converters/voc20b.py RAW_DIR --out-dir data/voc20b
+# Vocabulary: 59 names (20 VOC classes + 39 background proxies); labels 0-19, 20 = background,
+# 255 = ignore; scored over 21 classes (BackgroundMappedIoUMetric).
+#
+# Open-vocabulary protocol: train on COCO-Stuff-171 (train_dataloader, train_pipeline
+# inherited from coco_stuff171.py), validate/test on this benchmark. Change the folder with
+#   --cfg-options val_dataloader.dataset.data_root=... test_dataloader.dataset.data_root=...
+# (a child config's bare `data_root = ...` does not reach dicts built in this file).
+_base_ = ['./coco_stuff171.py']
+
+dataset_type = 'PascalVOC20bDataset'
+data_root = 'data/voc20b'
+ignore_index = 255
+
+# No Resize: the segmentor does its own resizing (640x640, 384 windows + global view)
+# and returns predictions at the original size, scored against the original labels.
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations16'),
+    dict(type='PackSegInputs'),
+]
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        _delete_=True,
+        type=dataset_type,
+        data_root=data_root,
+        data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+val_evaluator = dict(
+    type='BackgroundMappedIoUMetric',
+    iou_metrics=['mIoU'],
+    ignore_index=ignore_index,
+    background_index=20)  # predictions >= 20 (the 39 background proxies) count as background
+test_evaluator = val_evaluator

@@ -1,0 +1,109 @@
+"""What every H-CLIP benchmark dataset adds to MMSeg's ``BaseSegDataset``.
+
+* ``METAINFO['ignore_index']``: the label value that is never a class
+  (255, or 65535 for the 16-bit sets A-847 and PC-459, where 255 is a class).
+  It is the default of the ``ignore_index`` argument, written back into the
+  dataset's ``metainfo`` and into every data info, so ``LoadAnnotations16``,
+  the metric and the loss see one value.
+* Custom class subsets (``metainfo=dict(classes=[...])``) map dropped classes
+  to that ignore index instead of MMSeg's hard-coded 255.
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+from mmseg.datasets import BaseSegDataset
+
+
+def voc_style_palette(num_classes: int, offset: int = 1) -> List[List[int]]:
+    """Deterministic, well-spread colours for long class lists.
+
+    The bits of ``index + offset`` are spread over R, G and B from the most
+    significant bit down (the PASCAL VOC colour map), so neighbouring ids get
+    very different colours and the palette never depends on a random state.
+
+    Args:
+        num_classes (int): Number of colours.
+        offset (int): Added to each index; 1 avoids black for class 0.
+
+    Returns:
+        list[list[int]]: ``num_classes`` ``[R, G, B]`` triples.
+    """
+    palette = []
+    for index in range(offset, num_classes + offset):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+            if value == 0:
+                break
+        palette.append([r, g, b])
+    return palette
+
+
+class BenchmarkDatasetMixin:
+    """Mixin for ``BaseSegDataset`` subclasses; put it first in the bases.
+
+    Subclasses set ``METAINFO = dict(classes=..., palette=..., ignore_index=...)``.
+    """
+
+    METAINFO: dict = dict()
+
+    def __init__(self, *args, ignore_index: Optional[int] = None, **kwargs) -> None:
+        default = self.METAINFO.get('ignore_index', 255)
+        self._ignore_for_label_map = default if ignore_index is None else ignore_index
+        super().__init__(*args, ignore_index=self._ignore_for_label_map, **kwargs)
+        self._metainfo['ignore_index'] = self.ignore_index
+
+    # Called from BaseSegDataset.__init__ through ``self`` (classmethod in MMSeg).
+    def get_label_map(self, new_classes: Optional[Sequence] = None
+                      ) -> Union[Dict[int, int], None]:
+        """Map old label ids to the ids of a class subset.
+
+        Same rule as MMSeg's ``BaseSegDataset.get_label_map``, except that a
+        dropped class maps to the dataset's ignore index (MMSeg hard-codes 255,
+        a valid A-847 class).
+
+        Args:
+            new_classes (Sequence[str], optional): The classes asked for.
+
+        Returns:
+            dict[int, int] | None: ``{old_id: new_id}``, or None when the classes
+            are the dataset's own.
+        """
+        old_classes = self.METAINFO.get('classes', None)
+        if new_classes is None or old_classes is None or \
+                list(new_classes) == list(old_classes):
+            return None
+        missing = [c for c in new_classes if c not in old_classes]
+        if missing:
+            raise ValueError(f'classes {missing} are not classes of {type(self).__name__}; '
+                             'a class subset must use names from its METAINFO')
+        ignore = getattr(self, '_ignore_for_label_map',
+                         self.METAINFO.get('ignore_index', 255))
+        new_classes = list(new_classes)
+        return {
+            old_id: (new_classes.index(name) if name in new_classes else ignore)
+            for old_id, name in enumerate(old_classes)
+        }
+
+    def _update_palette(self) -> list:
+        """Palette for the (possibly subset) classes; see ``get_label_map``."""
+        palette = self._metainfo.get('palette', [])
+        classes = self._metainfo.get('classes', [])
+        if self.label_map is not None and len(palette) > len(classes):
+            kept = sorted((new_id, old_id) for old_id, new_id in self.label_map.items()
+                          if new_id != self._ignore_for_label_map)
+            return [palette[old_id] for _, old_id in kept]
+        return super()._update_palette()
+
+    def load_data_list(self) -> List[dict]:
+        """MMSeg's data list, each info also carrying ``ignore_index``."""
+        data_list = super().load_data_list()
+        for info in data_list:
+            info['ignore_index'] = self.ignore_index
+        return data_list
+
+
+__all__ = ['BenchmarkDatasetMixin', 'voc_style_palette', 'BaseSegDataset']
