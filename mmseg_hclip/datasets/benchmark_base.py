@@ -10,8 +10,6 @@
 """
 from typing import Dict, List, Optional, Sequence, Union
 
-from mmseg.datasets import BaseSegDataset
-
 
 def voc_style_palette(num_classes: int, offset: int = 1) -> List[List[int]]:
     """Deterministic, well-spread colours for long class lists.
@@ -106,4 +104,4 @@ class BenchmarkDatasetMixin:
         return data_list
 
 
-__all__ = ['BenchmarkDatasetMixin', 'voc_style_palette', 'BaseSegDataset']
+__all__ = ['BenchmarkDatasetMixin', 'voc_style_palette']

@@ -23,7 +23,7 @@ voc20b      59     PASCAL VOC 20 + 39 background proxies (PAS-20b)
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 CLASSNAME_PACKAGE = 'mmseg_hclip'
 CLASSNAME_SUBDIR = ('data', 'classnames')
@@ -93,10 +93,3 @@ def load_pascal_context_val_ids() -> Tuple[str, ...]:
     """The 5,104 PASCAL Context validation ids (``2008_000002`` ...)."""
     return tuple(_read_text('pascalcontext_val.txt').split())
 
-
-def classnames_dir_listing() -> List[str]:
-    """File names present in the package's class-name folder (for diagnostics)."""
-    node = resources.files(CLASSNAME_PACKAGE)
-    for part in CLASSNAME_SUBDIR:
-        node = node.joinpath(part)
-    return sorted(p.name for p in node.iterdir())

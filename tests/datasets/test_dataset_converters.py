@@ -359,14 +359,17 @@ def pc59_raw(tmp_path):
         m[rows, cols] = 1
         return pc59.encode_rle(m)
 
+    # painted in order; later entries overwrite earlier ones
     annos = [
-        # painted in order; later entries overwrite earlier ones
-        dict(id=1, image_id=2008000002, category_id=2, segmentation=region(slice(0, 4), slice(0, 5))),
-        dict(id=2, image_id=2008000002, category_id=458, segmentation=region(slice(0, 2), slice(0, 2))),
-        dict(id=3, image_id=2008000002, category_id=19, segmentation=region(slice(1, 3), slice(1, 3))),
-        dict(id=4, image_id=2008000002, category_id=1, segmentation=region(slice(3, 4), slice(0, 5))),
-        dict(id=5, image_id=2008000002, category_id=0, segmentation=region(slice(0, 1), slice(4, 5))),
-        dict(id=6, image_id=2008000003, category_id=9, segmentation=region(slice(0, 4), slice(0, 5))),
+        dict(id=i, image_id=image_id, category_id=cat, segmentation=region(rows, cols))
+        for i, (image_id, cat, rows, cols) in enumerate([
+            (2008000002, 2, slice(0, 4), slice(0, 5)),
+            (2008000002, 458, slice(0, 2), slice(0, 2)),
+            (2008000002, 19, slice(1, 3), slice(1, 3)),
+            (2008000002, 1, slice(3, 4), slice(0, 5)),
+            (2008000002, 0, slice(0, 1), slice(4, 5)),
+            (2008000003, 9, slice(0, 4), slice(0, 5)),
+        ], start=1)
     ]
     images = [dict(image_id=2008000002, file_name='2008_000002.jpg', height=h, width=w,
                    phase='val'),
@@ -552,7 +555,8 @@ def test_voc_bad_value_empty_split_and_missing(voc_raw, capsys):
     tmp_path, voc = voc_raw
     bad = voc / 'SegmentationClass' / '2007_000061.png'
     write_palette_png(bad, [[21, 0]])
-    code, _, err = run(voc20, [voc, '--out-dir', tmp_path / 'o', '--nproc', 1,
+    # the error raised inside a worker process reaches the user intact
+    code, _, err = run(voc20, [voc, '--out-dir', tmp_path / 'o', '--nproc', 2,
                                '--no-count-check'], capsys)
     assert code == 2 and 'label value 21' in err and str(bad) in err
 

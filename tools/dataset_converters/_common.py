@@ -380,7 +380,8 @@ def run_tasks(tasks: List[Task], worker: Callable, args: argparse.Namespace, *,
         pool = None
     else:
         pool = Pool(nproc)
-        results = pool.imap_unordered(call, todo, chunksize=max(1, min(32, len(todo) // (4 * nproc))))
+        chunksize = max(1, min(32, len(todo) // (4 * nproc)))
+        results = pool.imap_unordered(call, todo, chunksize=chunksize)
     try:
         for split, (status, ids) in results:
             per_split.setdefault(split, dict(written=0, skipped=0, dropped=0))

@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
     require_files_exist(images, 'VOC2010 images', DOWNLOAD_HINT)
     tasks = [
         Task(key=i, split=SPLIT,
-             outputs=(out / 'images' / SPLIT / f'{i}.jpg', out / 'annotations' / SPLIT / f'{i}.png'),
+             outputs=(out / 'images' / SPLIT / f'{i}.jpg',
+                      out / 'annotations' / SPLIT / f'{i}.png'),
              payload=dict(mat=m, image=im))
         for i, m, im in zip(ids, mats, images)
     ]

@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (WRITTEN, ConversionError, Task, add_image_mode_argument,  # noqa: E402
-                     build_parser, find_voc_root, first_existing, load_classnames, place_file,
-                     require_files_exist, run_main, run_tasks, write_label_png)
+                     build_parser, classnames_dir, find_voc_root, first_existing,
+                     load_classnames, place_file, require_files_exist, run_main, run_tasks,
+                     write_label_png)
 
 BENCHMARK = 'pc59'
 EXPECTED = dict(train=4996, val=5104)
@@ -140,7 +141,8 @@ def encode_rle(mask: np.ndarray) -> dict:
     return dict(size=list(mask.shape), counts=counts_to_rle_string(counts))
 
 
-def paint_category_mask(height: int, width: int, annotations: Sequence[dict], key: str) -> np.ndarray:
+def paint_category_mask(height: int, width: int, annotations: Sequence[dict],
+                        key: str) -> np.ndarray:
     """Paint each annotation's ``category_id`` in order (later ones win)."""
     mask = np.zeros((height, width), dtype=np.int32)
     for ann in annotations:
@@ -214,6 +216,14 @@ def main(argv=None) -> dict:
                          width=int(img['width']), annotations=per_image[image_id])))
     require_files_exist([t.payload['image'] for t in tasks], 'VOC2010 images listed in '
                         f'{json_path.name}', DOWNLOAD_HINT)
+    if args.split == 'val':
+        # PC-459 evaluates the ids of pascalcontext_val.txt; say so if the sets differ
+        listed = set((classnames_dir() / 'pascalcontext_val.txt').read_text().split())
+        found = {t.key for t in tasks}
+        if found and found != listed:
+            print(f'note: {len(found - listed)} val image(s) of {json_path.name} are not in '
+                  f'pascalcontext_val.txt and {len(listed - found)} listed id(s) are not val '
+                  'images of the json (PC-459 uses that list)')
     return run_tasks(tasks, partial(convert_one, image_mode=args.image_mode), args,
                      splits=[args.split], benchmark=BENCHMARK, num_classes=NUM_CLASSES,
                      ignore_index=IGNORE_INDEX, class_names=load_classnames('pc59'),
