@@ -12,10 +12,11 @@ over the ``M = n_targets · L`` (target, layer) positions, layer-major
   initialised ``S3 ∈ R^{S×S}`` and ``S4 ∈ R^{M×M}``; optionally one ``S3`` per layer index
   (the released code's twelve 10×10 maps), applied before ``S4``.
 
-Memory layout: the mathematical tensor ``T[i, j, s, m]`` is stored as ``[M, S, q, q]``
-(``stored[m, s] = T[:, :, s, m]``, one q×q block per entry) so that both mode products are plain
-matrix products without copies: mode 4 is ``S4 @ T.view(M, S·q·q)`` and mode 3 is a batched
-``S3 @ T.view(M, S, q·q)``. :meth:`HCLIPAdapter.dcrc_tensor` returns the ``q×q×S×M`` view.
+Memory layout: the mathematical tensor ``T[i, j, s, m]`` is stored as ``[S, q, q, M]``
+(``stored[s, i, j, m] = T[i, j, s, m]``): mode 3 is the outermost and mode 4 the innermost
+dimension, so both mode products are single matrix products without copies:
+``T ×_3 S3 = S3 @ T.view(S, q·q·M)`` and ``T ×_4 S4 = T.view(S·q·q, M) @ S4^T``.
+:meth:`HCLIPAdapter.dcrc_tensor` returns the ``q×q×S×M`` view.
 """
 import math
 from typing import Optional
@@ -37,26 +38,25 @@ _ACTIVATIONS = {
 
 
 def _mix(weight: Tensor, x: Tensor, mode: int) -> Tensor:
-    """``x ×_mode weight`` on the stored layout ``x [M, S, q·q]`` (mode 3 -> dim 1, 4 -> dim 0).
+    """``x ×_mode weight`` on the stored layout ``x [S, q·q, M]`` (paper modes 3 and 4).
 
     Args:
         weight (Tensor): ``[new, old]``, or ``[G, new, old]`` for mode 3 with one matrix per
             group of ``M / G`` consecutive positions.
-        x (Tensor): ``[M, S, q·q]``.
+        x (Tensor): ``[S, q·q, M]``.
         mode (int): 3 or 4 (paper numbering).
 
     Returns:
-        Tensor: ``[M, new, q·q]`` (mode 3) or ``[new, S, q·q]`` (mode 4).
+        Tensor: ``[new, q·q, M]`` (mode 3) or ``[S, q·q, new]`` (mode 4).
     """
+    s, qq, m = x.shape
     if mode == 4:
-        m, s, qq = x.shape
-        return (weight @ x.reshape(m, s * qq)).reshape(weight.shape[0], s, qq)
+        return (x.reshape(s * qq, m) @ weight.t()).reshape(s, qq, weight.shape[0])
     if weight.dim() == 3:  # one mode-3 map per group of positions (per layer index)
         groups = weight.shape[0]
-        m, s, qq = x.shape
-        out = torch.matmul(weight[:, None], x.reshape(groups, m // groups, s, qq))
-        return out.reshape(m, weight.shape[1], qq)
-    return torch.matmul(weight, x)
+        out = torch.einsum('gts,skgn->tkgn', weight, x.reshape(s, qq, groups, m // groups))
+        return out.reshape(weight.shape[1], qq, m)
+    return (weight @ x.reshape(s, qq * m)).reshape(weight.shape[0], qq, m)
 
 
 class RelationMLP(nn.Module):
@@ -90,7 +90,7 @@ class RelationMLP(nn.Module):
         """Apply ``f_n`` (Eq. 17).
 
         Args:
-            x (Tensor): stored-layout tensor ``[M, S, q·q]``.
+            x (Tensor): stored-layout tensor ``[S, q·q, M]``.
 
         Returns:
             Tensor: same shape as ``x``.
@@ -152,23 +152,23 @@ class DCRC(nn.Module):
         """Mix the block tensor once.
 
         Args:
-            blocks (Tensor): stored layout ``[M, S, q, q]`` of ``T ∈ R^{q×q×S×M}``.
+            blocks (Tensor): stored layout ``[S, q, q, M]`` of ``T ∈ R^{q×q×S×M}``.
 
         Returns:
             Tensor: the communicated tensor, same shape. 'mlp': ``T + α ⊙ f4(f3(T))``;
             'linear': ``T ×_3 S3 ×_4 S4``.
         """
-        M, S, q, _ = blocks.shape
+        S, q, _, M = blocks.shape
         if (M, S) != (self.num_positions, self.num_slices):
             raise ValueError(f'DCRC built for M={self.num_positions}, S={self.num_slices}; got a '
-                             f'block tensor [M={M}, S={S}, {q}, {q}]')
-        x = blocks.reshape(M, S, q * q)
+                             f'block tensor [S={S}, {q}, {q}, M={M}]')
+        x = blocks.reshape(S, q * q, M)
         if self.variant == 'mlp':
             mixed = self.f4(self.f3(x))  # T_w, Eq. 17
-            out = x + self.alpha.t().unsqueeze(-1) * mixed  # T + α ⊙ T_w
+            out = torch.addcmul(x, self.alpha.unsqueeze(1), mixed)  # T + α ⊙ T_w
         else:
             out = _mix(self.s4, _mix(self.s3, x, 3), 4)  # T ×3 S3 ×4 S4, Eq. 16
-        return out.reshape(M, S, q, q)
+        return out.reshape(S, q, q, M)
 
     def extra_repr(self) -> str:
         return f'variant={self.variant}, S={self.num_slices}, M={self.num_positions}'

@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ['tiny_clip', 'random_inputs']
+__all__ = ['tiny_clip', 'random_inputs', 'perturb_adapter']
 
 
 def tiny_clip(vision_width: int = 128,
@@ -93,3 +93,34 @@ def random_inputs(clip: nn.Module,
                            generator=generator)
     tokens[:, -1] = clip.vocab_size - 1
     return images, tokens
+
+
+def perturb_adapter(adapter: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module:
+    """Move every parameter of an :class:`HCLIPAdapter` away from its init, deterministically.
+
+    Free blocks get ``I + 0.1·scale·N(0, 1)``, orthogonal generators ``0.3·scale·N(0, 1)``,
+    α ``0.5·scale·N(0, 1)``, linear relation maps ``I + 0.1·scale·N(0, 1)``; the MLP relation
+    maps keep their random init. Stands in for a trained adapter in tests.
+
+    Args:
+        adapter (nn.Module): an ``HCLIPAdapter``.
+        seed (int): RNG seed (the global RNG state is left untouched).
+        scale (float): size of the perturbation.
+
+    Returns:
+        nn.Module: ``adapter`` itself, modified in place.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            noise = torch.randn(param.shape, generator=generator).to(param.device)
+            if name.startswith('blocks.'):
+                if name.split('.')[1] in adapter.orthogonal_towers:
+                    param.copy_(0.3 * scale * noise)
+                else:
+                    param.add_(0.1 * scale * noise)
+            elif name.endswith('alpha'):
+                param.copy_(0.5 * scale * noise)
+            elif name.endswith(('s3', 's4')):
+                param.add_(0.1 * scale * noise)
+    return adapter
