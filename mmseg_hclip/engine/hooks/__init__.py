@@ -1,1 +1,2 @@
 
+from .vocabulary_hook import VocabularyHook  # noqa: F401

@@ -1,1 +1,3 @@
+from .hclip_segmentor import HCLIPSegmentor
 
+__all__ = ['HCLIPSegmentor']

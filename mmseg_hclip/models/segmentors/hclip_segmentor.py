@@ -1,0 +1,308 @@
+# Copyright (c) mmseg_hclip contributors. Licensed under the Apache License 2.0.
+"""Open-vocabulary segmentor: HCLIPBackbone -> text neck -> cost-aggregation head."""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList
+from torch import Tensor
+
+from ..necks.text_embedding_neck import check_vocabulary
+
+__all__ = ['HCLIPSegmentor']
+
+_MODES = ('whole', 'slide', 'reference')
+
+
+@MODELS.register_module()
+class HCLIPSegmentor(EncoderDecoder):
+    """H-CLIP open-vocabulary segmentor (CAT-Seg-style cost aggregation on CLIP).
+
+    ``backbone`` (:class:`HCLIPBackbone`) gives dense image embeddings and
+    guidance features, ``neck`` (:class:`HCLIPTextNeck`) the text embeddings
+    of the current vocabulary, and ``decode_head``
+    (:class:`HCLIPCostAggHead`) per-class sigmoid scores. The adapted CLIP
+    weights are computed once per forward and shared by both towers.
+
+    Vocabulary. The classes are not fixed by the head: they are the current
+    vocabulary, set with :meth:`set_vocabulary` (or ``class_names``). In
+    training and testing through the runner, ``VocabularyHook`` sets it from
+    the dataloader's ``dataset.metainfo['classes']`` (train classes before
+    training, the benchmark's classes before val/test). Label ``i`` of a
+    dataset is the ``i``-th name of its ``metainfo['classes']``.
+
+    Inference (``test_cfg.mode``):
+
+    - ``'whole'``: the (padded) input as given; the test pipeline should
+      resize it to the training size.
+    - ``'slide'``: MMSeg's sliding window (``crop_size``, ``stride``),
+      scores averaged where windows overlap. Inputs smaller than
+      ``crop_size`` raise a ``ValueError`` (use ``'reference'``, which
+      resizes, or pad/resize in the pipeline).
+    - ``'reference'`` (the authors' protocol, default in our configs): each
+      image is resized to ``resize_to`` (640x640), cut into ``crop_size``
+      (384) windows with ``stride`` (256) - 2x2 crops -, plus one global view
+      (the image resized to ``crop_size``); the crop scores are averaged where
+      they overlap, averaged with the global view's scores (resized to
+      ``resize_to``), and resized back to the input size. Any input size
+      works. ``batch_views`` (default True) runs the views of an image as one
+      batch.
+
+    All modes average sigmoid scores (the head predicts sigmoid scores); the
+    prediction is their argmax, resized to the original image size.
+
+    Args:
+        backbone (dict): :class:`HCLIPBackbone` config.
+        decode_head (dict): :class:`HCLIPCostAggHead` config.
+        neck (dict): :class:`HCLIPTextNeck` config.
+            Defaults to ``dict(type='HCLIPTextNeck')``.
+        class_names (Sequence[str], optional): Initial vocabulary.
+        train_cfg (dict, optional): Passed to the head's loss.
+        test_cfg (dict, optional): ``mode`` and its keys (see above).
+            Defaults to ``dict(mode='whole')``.
+        data_preprocessor (dict, optional): ``SegDataPreProcessor`` config with
+            CLIP's mean/std (see the base configs).
+        init_cfg (dict, optional): mmengine initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: ConfigType,
+                 decode_head: ConfigType,
+                 neck: ConfigType = dict(type='HCLIPTextNeck'),
+                 class_names: Optional[Sequence[str]] = None,
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 data_preprocessor: OptConfigType = None,
+                 init_cfg: OptMultiConfig = None):
+        if neck is None:
+            raise ValueError('HCLIPSegmentor needs a text neck, e.g. '
+                             "neck=dict(type='HCLIPTextNeck', templates='single').")
+        test_cfg = dict(mode='whole') if test_cfg is None else test_cfg
+        super().__init__(
+            backbone=backbone,
+            decode_head=decode_head,
+            neck=neck,
+            train_cfg=train_cfg,
+            test_cfg=test_cfg,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        self._check_test_cfg(self.test_cfg)
+        self._vocabulary: Optional[Tuple[str, ...]] = None
+        if class_names is not None:
+            self.set_vocabulary(class_names)
+
+    # -------------------------------------------------------------- vocabulary
+    @property
+    def vocabulary(self) -> Tuple[str, ...]:
+        """The current class names (label ``i`` <-> ``vocabulary[i]``)."""
+        if self._vocabulary is None:
+            raise RuntimeError(
+                'HCLIPSegmentor has no vocabulary. Add custom_hooks=[dict(type='
+                "'VocabularyHook')] to the config (it reads the dataloader's "
+                "dataset.metainfo['classes']), set model.class_names, or call "
+                'model.set_vocabulary([...]).')
+        return self._vocabulary
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Set the classes to segment.
+
+        Args:
+            class_names (Sequence[str]): Class names; synonyms of one class
+                joined by ``", "``.
+
+        Raises:
+            ValueError: Empty vocabulary or duplicate names.
+        """
+        self._vocabulary = check_vocabulary(class_names)
+
+    # ---------------------------------------------------------------- features
+    def extract_feat(self, inputs: Tensor) -> Dict:
+        """Image and text features of one forward.
+
+        Args:
+            inputs (Tensor): Normalised images [B, 3, H, W].
+
+        Returns:
+            dict: ``dense`` [B, C, h, w], ``guidance`` list of [B, D, h, w],
+            ``text`` [N, P, C] (L2-normalised), N = len(vocabulary).
+        """
+        vocabulary = self.vocabulary
+        weights = self.backbone.adapted_weights()  # once per forward, for both towers
+        feats = self.backbone(inputs, weights)
+        feats['text'] = self.neck(self.backbone, vocabulary, weights)
+        return feats
+
+    # --------------------------------------------------------------- inference
+    @staticmethod
+    def _check_test_cfg(test_cfg) -> None:
+        mode = test_cfg.get('mode', 'whole')
+        if mode not in _MODES:
+            raise ValueError(f"test_cfg.mode={mode!r}; use one of {_MODES} ('reference' = "
+                             'resize 640x640, 384 windows stride 256 + a global view).')
+        if mode == 'slide':
+            for key in ('crop_size', 'stride'):
+                if key not in test_cfg:
+                    raise ValueError(f"test_cfg.mode='slide' needs test_cfg.{key}")
+
+    def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """Scores of every class at every input pixel.
+
+        Args:
+            inputs (Tensor): Normalised images [B, 3, H, W] (maybe padded).
+            batch_img_metas (list[dict]): Per-image meta information.
+
+        Returns:
+            Tensor: Sigmoid scores [B, N, H, W].
+        """
+        mode = self.test_cfg.get('mode', 'whole')
+        if mode == 'slide':
+            return self.slide_inference(inputs, batch_img_metas)
+        if mode == 'reference':
+            return self.reference_inference(inputs, batch_img_metas)
+        return self.whole_inference(inputs, batch_img_metas)
+
+    @staticmethod
+    def window_boxes(size: Tuple[int, int], crop: Tuple[int, int],
+                     stride: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
+        """Sliding windows ``(y1, y2, x1, x2)`` covering ``size`` (MMSeg's grid).
+
+        The last window in each direction is shifted back to end at the
+        border, so every window has the full ``crop`` size.
+        """
+        (h, w), (ch, cw), (sh, sw) = size, crop, stride
+        if h < ch or w < cw:
+            raise ValueError(f'The image ({h}x{w}) is smaller than the sliding window '
+                             f'crop_size=({ch}, {cw}). Use test_cfg.mode=\'reference\' (resizes '
+                             "every image first) or 'whole', or resize/pad the image to at "
+                             'least the window size in the test pipeline.')
+        if sh <= 0 or sw <= 0:
+            raise ValueError(f'stride must be positive, got {stride}')
+        boxes = []
+        for i in range((max(h - ch, 0) + sh - 1) // sh + 1):
+            for j in range((max(w - cw, 0) + sw - 1) // sw + 1):
+                y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
+                boxes.append((y2 - ch, y2, x2 - cw, x2))
+        return boxes
+
+    def _views_scores(self, views: Tensor, meta: dict) -> Tensor:
+        """Scores of same-size views [V, 3, h, w] -> [V, N, h, w]."""
+        view_meta = dict(meta, img_shape=torch.Size(views.shape[2:]))
+        if self.test_cfg.get('batch_views', True):
+            return self.encode_decode(views, [view_meta] * len(views))
+        return torch.cat([self.encode_decode(v[None], [view_meta]) for v in views])
+
+    @staticmethod
+    def _assemble(scores: Tensor, boxes, size) -> Tensor:
+        """Average window scores [V, N, ch, cw] into one map [1, N, *size]."""
+        out = scores.new_zeros(1, scores.shape[1], *size)
+        count = scores.new_zeros(1, 1, *size)
+        for s, (y1, y2, x1, x2) in zip(scores, boxes):
+            out[0, :, y1:y2, x1:x2] += s
+            count[0, :, y1:y2, x1:x2] += 1
+        return out / count
+
+    def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """MMSeg's sliding-window inference with a run-time class count.
+
+        Args:
+            inputs (Tensor): [B, 3, H, W].
+            batch_img_metas (list[dict]): Meta information.
+
+        Returns:
+            Tensor: [B, N, H, W] scores averaged over overlapping windows.
+        """
+        crop = _pair(self.test_cfg['crop_size'])
+        stride = _pair(self.test_cfg['stride'])
+        boxes = self.window_boxes(tuple(inputs.shape[2:]), crop, stride)
+        outs = []
+        for i in range(inputs.shape[0]):
+            views = torch.cat([inputs[i:i + 1, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+            scores = self._views_scores(views, batch_img_metas[i])
+            outs.append(self._assemble(scores, boxes, tuple(inputs.shape[2:])))
+        return torch.cat(outs)
+
+    def reference_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """The authors' protocol: 640x640 resize, 384 windows stride 256, plus a global view.
+
+        Keys of ``test_cfg``: ``resize_to`` (default (640, 640)), ``crop_size``
+        (default (384, 384)), ``stride`` (default (256, 256)).
+
+        Args:
+            inputs (Tensor): [B, 3, H, W], possibly padded (``padding_size``
+                in the metas); padding is excluded from the views.
+            batch_img_metas (list[dict]): Meta information.
+
+        Returns:
+            Tensor: [B, N, H, W] scores (zero in the padding).
+        """
+        size = _pair(self.test_cfg.get('resize_to', (640, 640)))
+        crop = _pair(self.test_cfg.get('crop_size', (384, 384)))
+        stride = _pair(self.test_cfg.get('stride', (256, 256)))
+        boxes = self.window_boxes(size, crop, stride)
+        _, _, height, width = inputs.shape
+        out = None
+        for i in range(inputs.shape[0]):
+            left, right, top, bottom = batch_img_metas[i].get('padding_size', None) or [0] * 4
+            image = inputs[i:i + 1, :, top:height - bottom, left:width - right]
+            h, w = image.shape[2:]
+            big = F.interpolate(image, size=size, mode='bilinear', align_corners=False)
+            views = [big[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+            views.append(F.interpolate(image, size=crop, mode='bilinear', align_corners=False))
+            scores = self._views_scores(torch.cat(views), batch_img_metas[i])
+            local = self._assemble(scores[:-1], boxes, size)
+            glob = F.interpolate(scores[-1:], size=size, mode='bilinear', align_corners=False)
+            merged = F.interpolate((local + glob) / 2, size=(h, w), mode='bilinear',
+                                   align_corners=False)
+            if out is None:
+                out = merged.new_zeros(inputs.shape[0], merged.shape[1], height, width)
+            out[i:i + 1, :, top:top + h, left:left + w] = merged
+        return out
+
+    def postprocess_result(self, seg_logits: Tensor,
+                           data_samples: OptSampleList = None) -> List[SegDataSample]:
+        """Scores -> ``SegDataSample`` with ``seg_logits`` (scores at the original
+        size) and ``pred_sem_seg`` (argmax over the vocabulary, for any N >= 1).
+
+        Args:
+            seg_logits (Tensor): [B, N, H, W] scores.
+            data_samples (list[SegDataSample], optional): Samples to fill.
+
+        Returns:
+            list[SegDataSample]: The samples with predictions.
+        """
+        batch_size, _, height, width = seg_logits.shape
+        if data_samples is None:
+            data_samples = [SegDataSample() for _ in range(batch_size)]
+            metas = [dict() for _ in range(batch_size)]
+        else:
+            metas = [s.metainfo for s in data_samples]
+        for i, (sample, meta) in enumerate(zip(data_samples, metas)):
+            padding = meta.get('img_padding_size', meta.get('padding_size', None)) or [0] * 4
+            left, right, top, bottom = padding
+            logits = seg_logits[i:i + 1, :, top:height - bottom, left:width - right]
+            flip = meta.get('flip', None)
+            if flip:
+                direction = meta.get('flip_direction', 'horizontal')
+                logits = logits.flip(dims=(3, ) if direction == 'horizontal' else (2, ))
+            if 'ori_shape' in meta and tuple(meta['ori_shape'][:2]) != tuple(logits.shape[2:]):
+                logits = F.interpolate(logits, size=tuple(meta['ori_shape'][:2]),
+                                       mode='bilinear', align_corners=self.align_corners)
+            logits = logits[0]
+            sample.set_data({
+                'seg_logits': PixelData(data=logits),
+                'pred_sem_seg': PixelData(data=logits.argmax(dim=0, keepdim=True))
+            })
+        return data_samples
+
+
+def _pair(value) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f'Expected an int or a pair, got {value}')
+    return value
