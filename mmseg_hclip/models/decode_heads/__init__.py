@@ -1,1 +1,3 @@
+from .cost_aggregation_head import HCLIPCostAggHead
 
+__all__ = ['HCLIPCostAggHead']

@@ -1,0 +1,564 @@
+"""Building blocks of :class:`HCLIPCostAggHead` (cost aggregation after CAT-Seg, CVPR'24).
+
+Tensor layout inside the aggregation: the cost embedding is kept channels-last as
+``[B, T, H, W, C]`` (batch, classes, height, width, channels), so that one image's guidance
+``[B, H, W, G]`` (spatial) or ``[B, T, G]`` (per class) can be *broadcast* over the other axis
+instead of being copied once per class or once per position.
+
+The blocks are not registered: they are private parts of the head and are built by it.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule, build_norm_layer
+from mmcv.cnn.bricks.transformer import FFN
+from mmengine.model import BaseModule
+from mmpretrain.models.utils.attention import ShiftWindowMSA
+from mmseg.utils import ConfigType, OptConfigType
+from torch import Tensor
+
+
+def guided_linear(linear: nn.Linear, x: Tensor, guidance: Optional[Tensor],
+                  guidance_dim: int) -> Tensor:
+    """``linear(cat([x, guidance], -1))`` without materialising the concatenation.
+
+    ``linear`` maps ``C + G`` input channels (x first, guidance second). The guidance
+    usually has fewer leading elements than ``x`` (one per image, not one per class); its
+    term is computed once and broadcast, which gives the same numbers as concatenating a
+    copy of the guidance to every element of ``x``.
+
+    Args:
+        linear (nn.Linear): weight ``[out, C + G]``.
+        x (Tensor): ``[..., C]``.
+        guidance (Tensor, optional): broadcastable to ``x.shape[:-1] + (G,)``.
+        guidance_dim (int): G; 0 means ``linear`` maps C channels and there is no guidance.
+
+    Returns:
+        Tensor: ``[..., out]``.
+    """
+    c = x.shape[-1]
+    if guidance_dim == 0:
+        return linear(x)
+    out = F.linear(x, linear.weight[:, :c], linear.bias)
+    if guidance is not None:
+        out = out + F.linear(guidance, linear.weight[:, c:])
+    return out
+
+
+class GuidedWindowMSA(BaseModule):
+    """Window multi-head self-attention whose queries and keys also read a guidance map.
+
+    Per window: ``q = W_q [x ‖ g]``, ``k = W_k [x ‖ g]``, ``v = W_v x``,
+    ``out = W_o softmax(q kᵀ / √d + mask) v``.
+
+    Why not mmseg's / mmpretrain's ``WindowMSA``: those project one input to q, k and v
+    with a single ``qkv`` linear layer and add a learned relative position bias. CAT-Seg's
+    spatial aggregation needs q and k computed from the cost embedding *concatenated with*
+    the image guidance while v comes from the cost embedding alone (the output must stay a
+    cost feature, not a blend of appearance features), and it uses no relative position
+    bias. The window bookkeeping (partition, reverse, shift mask) is reused from mmpretrain
+    through :class:`GuidedShiftWindowMSA`.
+
+    The guidance is shared by all classes of an image, so its contribution to q and k is
+    computed once per image and broadcast over the class axis (see :func:`guided_linear`).
+
+    Args:
+        embed_dims (int): C, channels of the cost embedding.
+        num_heads (int): attention heads; must divide ``embed_dims``.
+        window_size (tuple[int]): window height and width (kept for mmpretrain's builder).
+        guidance_dims (int): G, channels of the guidance (0: plain window attention).
+        qkv_bias (bool): bias in the q, k, v projections.
+        attn_drop (float): dropout on the attention weights (training only).
+        proj_drop (float): dropout after the output projection.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: Tuple[int, int],
+                 guidance_dims: int = 0,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} does not divide embed_dims={embed_dims}; '
+                             f'choose a divisor of {embed_dims}')
+        self.embed_dims = embed_dims
+        self.guidance_dims = guidance_dims
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.q = nn.Linear(embed_dims + guidance_dims, embed_dims, bias=qkv_bias)
+        self.k = nn.Linear(embed_dims + guidance_dims, embed_dims, bias=qkv_bias)
+        self.v = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None,
+                mask: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x (Tensor): windows of the cost embedding ``[B, T, nW, N, C]``
+                (N = tokens per window).
+            guidance (Tensor, optional): windows of the (normalised) guidance
+                ``[B, nW, N, G]``, shared by the T classes.
+            mask (Tensor, optional): additive mask ``[nW, N, N]`` (0 or -100).
+
+        Returns:
+            Tensor: ``[B, T, nW, N, C]``.
+        """
+        b, t, nw, n, c = x.shape
+        h = self.num_heads
+        g = guidance.unsqueeze(1) if guidance is not None else None  # broadcast over T
+        q = guided_linear(self.q, x, g, self.guidance_dims)
+        k = guided_linear(self.k, x, g, self.guidance_dims)
+        v = self.v(x)
+
+        # [B*T, nW*heads, N, d]: windows and heads share one axis, so a mask of shape
+        # [1, nW*heads, N, N] broadcasts over the batch and the fused SDPA kernels apply.
+        def split(z: Tensor) -> Tensor:
+            return z.view(b * t, nw, n, h, c // h).transpose(2, 3).reshape(b * t, nw * h, n, -1)
+
+        attn_mask = None
+        if mask is not None:
+            attn_mask = mask.to(q.dtype)[:, None].expand(nw, h, n, n).reshape(1, nw * h, n, n)
+        out = F.scaled_dot_product_attention(
+            split(q), split(k), split(v), attn_mask=attn_mask,
+            dropout_p=self.attn_drop if self.training else 0.)
+        out = out.view(b, t, nw, h, n, c // h).transpose(3, 4).reshape(b, t, nw, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+class GuidedShiftWindowMSA(ShiftWindowMSA):
+    """(Shifted) window attention over a per-class cost embedding with shared guidance.
+
+    Reuses mmpretrain's :class:`ShiftWindowMSA` for the window partition / reverse and the
+    shifted-window mask (its ``window_msa`` hook builds a :class:`GuidedWindowMSA`); only
+    ``forward`` differs, because the guidance has to be padded, rolled and partitioned
+    with ``x`` and is shared by all classes. As in CAT-Seg (and the original Swin), the
+    shift is dropped when the feature map is a single window; feature maps whose size is
+    not a multiple of the window are zero-padded as in mmseg's Swin.
+
+    Args:
+        embed_dims (int): C.
+        guidance_dims (int): G (0: no guidance).
+        num_heads (int): attention heads.
+        window_size (int): window side length.
+        shift_size (int): cyclic shift (0: regular windows).
+        attn_drop (float): attention dropout.
+        proj_drop (float): output-projection dropout.
+        dropout_layer (dict): drop path before the residual.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 guidance_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 shift_size: int = 0,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 dropout_layer: ConfigType = dict(type='DropPath', drop_prob=0.),
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(
+            embed_dims=embed_dims,
+            num_heads=num_heads,
+            window_size=window_size,
+            shift_size=shift_size,
+            dropout_layer=dropout_layer,
+            window_msa=GuidedWindowMSA,
+            init_cfg=init_cfg,
+            guidance_dims=guidance_dims,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop)
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        """
+        Args:
+            x (Tensor): ``[B, T, H, W, C]``.
+            guidance (Tensor, optional): ``[B, H, W, G]``.
+
+        Returns:
+            Tensor: ``[B, T, H, W, C]``.
+        """
+        b, t, hgt, wid, c = x.shape
+        ws = self.window_size
+        if min(hgt, wid) < ws:
+            raise ValueError(f'feature map {hgt}x{wid} is smaller than the window size {ws}; '
+                             'use a larger input image or a smaller window_size')
+        shift = self.shift_size if min(hgt, wid) > ws else 0
+        pad_r, pad_b = (ws - wid % ws) % ws, (ws - hgt % ws) % ws
+        if pad_r or pad_b:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            if guidance is not None:
+                guidance = F.pad(guidance, (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = hgt + pad_b, wid + pad_r
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(2, 3))
+            if guidance is not None:
+                guidance = torch.roll(guidance, shifts=(-shift, -shift), dims=(1, 2))
+        mask = self.get_attn_mask((hp, wp), ws, shift, device=x.device)
+
+        nw = (hp // ws) * (wp // ws)
+        x_win = self.window_partition(x.reshape(b * t, hp, wp, c), ws).view(b, t, nw, ws * ws, c)
+        g_win = None
+        if guidance is not None:
+            g_win = self.window_partition(guidance.contiguous(), ws).view(b, nw, ws * ws, -1)
+        out = self.w_msa(x_win, g_win, mask)
+        out = self.window_reverse(out.reshape(b * t * nw, ws, ws, c), hp, wp, ws)
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        out = out[:, :hgt, :wid].reshape(b, t, hgt, wid, c)
+        return self.drop(out)
+
+
+class GuidedSwinBlock(BaseModule):
+    """Swin block (pre-norm attention + MLP) whose attention takes image guidance.
+
+    ``x = x + attn(LN(x), g)``, ``x = x + MLP(LN(x))``; the same layout as mmseg's
+    ``SwinBlock``, built from mmcv's ``FFN`` and ``build_norm_layer``, with
+    :class:`GuidedShiftWindowMSA` as the attention.
+
+    Args:
+        embed_dims (int): C.
+        guidance_dims (int): G.
+        num_heads (int): attention heads.
+        window_size (int): window side length.
+        shift (bool): shift the windows by ``window_size // 2``.
+        mlp_ratio (float): MLP hidden width / C.
+        drop_path_rate (float): stochastic depth.
+        act_cfg (dict): MLP activation.
+        norm_cfg (dict): normalisation.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 guidance_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 shift: bool = False,
+                 mlp_ratio: float = 4.,
+                 drop_path_rate: float = 0.,
+                 act_cfg: ConfigType = dict(type='GELU'),
+                 norm_cfg: ConfigType = dict(type='LN'),
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = GuidedShiftWindowMSA(
+            embed_dims=embed_dims,
+            guidance_dims=guidance_dims,
+            num_heads=num_heads,
+            window_size=window_size,
+            shift_size=window_size // 2 if shift else 0,
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate))
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(
+            embed_dims=embed_dims,
+            feedforward_channels=int(embed_dims * mlp_ratio),
+            num_fcs=2,
+            ffn_drop=0.,
+            dropout_layer=dict(type='DropPath', drop_prob=drop_path_rate),
+            act_cfg=act_cfg,
+            add_identity=True)
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``[B, T, H, W, C]``, ``guidance``: ``[B, H, W, G]``; returns ``x``'s shape."""
+        x = x + self.attn(self.norm1(x), guidance)
+        return self.ffn(self.norm2(x), identity=x)
+
+
+class SpatialAggregation(BaseModule):
+    """Spatial aggregation: two guided Swin blocks (regular, then shifted windows).
+
+    The projected image guidance is layer-normalised once here and shared by both blocks
+    and by every class.
+
+    Args:
+        embed_dims (int): C.
+        guidance_dims (int): G (0: no guidance).
+        num_heads (int): attention heads.
+        window_size (int): window side length.
+        mlp_ratio (float): MLP hidden width / C.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 guidance_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 mlp_ratio: float = 4.,
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.guidance_norm = (nn.LayerNorm(guidance_dims) if guidance_dims > 0 else None)
+        self.blocks = nn.ModuleList([
+            GuidedSwinBlock(embed_dims, guidance_dims, num_heads, window_size, shift=shift,
+                            mlp_ratio=mlp_ratio) for shift in (False, True)
+        ])
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+        """``x``: ``[B, T, H, W, C]``, ``guidance``: ``[B, H, W, G]``; returns ``x``'s shape."""
+        if guidance is not None and self.guidance_norm is not None:
+            guidance = self.guidance_norm(guidance)
+        for block in self.blocks:
+            x = block(x, guidance)
+        return x
+
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """Kernel feature map of linear attention, ``elu(x) + 1`` (positive)."""
+    return F.elu(x) + 1
+
+
+class LinearClassAttention(BaseModule):
+    """Multi-head linear attention across classes, with text guidance in q and k.
+
+    ``q = W_q [x ‖ g]``, ``k = W_k [x ‖ g]``, ``v = W_v x`` and, per head, with
+    ``φ = elu + 1``: ``out_t = φ(q_t)ᵀ Σ_s φ(k_s) v_sᵀ / (φ(q_t)ᵀ Σ_s φ(k_s) + eps)``
+    (Katharopoulos et al., 2020). Cost linear in the number of classes; no output
+    projection (as in CAT-Seg). A custom module because q/k read the guidance and v does
+    not, and the kernelised form has no counterpart in mmcv/mmseg.
+
+    Args:
+        embed_dims (int): C.
+        guidance_dims (int): G (0: no guidance).
+        num_heads (int): heads; must divide C.
+        eps (float): denominator stabiliser.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 guidance_dims: int,
+                 num_heads: int,
+                 eps: float = 1e-6,
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % num_heads:
+            raise ValueError(f'num_heads={num_heads} does not divide embed_dims={embed_dims}; '
+                             f'choose a divisor of {embed_dims}')
+        self.num_heads = num_heads
+        self.guidance_dims = guidance_dims
+        self.eps = eps
+        self.q = nn.Linear(embed_dims + guidance_dims, embed_dims)
+        self.k = nn.Linear(embed_dims + guidance_dims, embed_dims)
+        self.v = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x (Tensor): ``[B, S, T, C]`` (S spatial positions, T class tokens).
+            guidance (Tensor, optional): ``[B, T, G]``, shared by the S positions.
+
+        Returns:
+            Tensor: ``[B, S, T, C]``.
+        """
+        b, s, t, c = x.shape
+        g = guidance.unsqueeze(1) if guidance is not None else None  # broadcast over S
+        shape = (b, s, t, self.num_heads, c // self.num_heads)
+        q = elu_feature_map(guided_linear(self.q, x, g, self.guidance_dims)).view(shape)
+        k = elu_feature_map(guided_linear(self.k, x, g, self.guidance_dims)).view(shape)
+        # values are divided by T before the sum and the result multiplied back: the same
+        # numbers, but the T-term sums stay in range under fp16.
+        v = self.v(x).view(shape) / t
+        kv = torch.einsum('bsthd,bsthe->bshde', k, v)
+        z = 1. / (torch.einsum('bsthd,bshd->bsth', q, k.sum(dim=2)) + self.eps)
+        out = torch.einsum('bsthd,bshde->bsthe', q, kv) * (z.unsqueeze(-1) * t)
+        return out.reshape(b, s, t, c)
+
+
+class ClassAggregation(BaseModule):
+    """Class aggregation: pooled linear attention across classes with learnable padding.
+
+    Steps (CAT-Seg's class aggregation): average-pool the cost embedding spatially
+    (``pool_size`` in training, ``test_pool_size`` in eval; 1 = no pooling); pad the class
+    axis to ``pad_len`` tokens with a learnable token (and a learnable text guidance for
+    it) when there are fewer classes; ``y = y + attn(LN(y), g)``, ``y = y + MLP(LN(y))``;
+    drop the padding tokens; upsample back (bilinear, align_corners=True) and add to the
+    input: ``x + y`` (as in CAT-Seg the attention branch carries its own residual, so
+    without pooling this is ``2x + Δ``). The padding tokens only ever act as extra keys/values — they are
+    removed before the output, so they can never appear in a prediction.
+
+    Args:
+        embed_dims (int): C.
+        guidance_dims (int): G of the text guidance (0: none).
+        num_heads (int): heads.
+        mlp_ratio (float): MLP hidden width / C.
+        pool_size (int): spatial average-pooling window in training.
+        test_pool_size (int): pooling window in eval.
+        pad_len (int): pad the class axis to this many tokens (0: never pad).
+        norm_cfg (dict): normalisation.
+        act_cfg (dict): MLP activation.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 guidance_dims: int,
+                 num_heads: int,
+                 mlp_ratio: float = 4.,
+                 pool_size: int = 2,
+                 test_pool_size: int = 1,
+                 pad_len: int = 256,
+                 norm_cfg: ConfigType = dict(type='LN'),
+                 act_cfg: ConfigType = dict(type='ReLU'),
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.pool_size = pool_size
+        self.test_pool_size = test_pool_size
+        self.pad_len = pad_len
+        self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = LinearClassAttention(embed_dims, guidance_dims, num_heads)
+        self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(
+            embed_dims=embed_dims,
+            feedforward_channels=int(embed_dims * mlp_ratio),
+            num_fcs=2,
+            ffn_drop=0.,
+            act_cfg=act_cfg,
+            add_identity=True)
+        self.pad_token = nn.Parameter(torch.zeros(embed_dims)) if pad_len > 0 else None
+        self.pad_guidance = (
+            nn.Parameter(torch.zeros(guidance_dims)) if pad_len > 0 and guidance_dims > 0 else None)
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x (Tensor): ``[B, T, H, W, C]``.
+            guidance (Tensor, optional): projected text guidance ``[B, T, G]``.
+
+        Returns:
+            Tensor: ``[B, T, H, W, C]``.
+        """
+        b, t, hgt, wid, c = x.shape
+        pool = self.pool_size if self.training else self.test_pool_size
+        if pool > 1:
+            y = F.avg_pool2d(x.permute(0, 1, 4, 2, 3).reshape(b * t, c, hgt, wid), pool)
+            hp, wp = y.shape[-2:]
+            y = y.view(b, t, c, hp * wp).permute(0, 3, 1, 2)  # [B, S, T, C]
+        else:
+            hp, wp = hgt, wid
+            y = x.permute(0, 2, 3, 1, 4).reshape(b, hgt * wid, t, c)
+        n_pad = self.pad_len - t if self.pad_token is not None else 0
+        if n_pad > 0:
+            y = torch.cat([y, self.pad_token.to(y.dtype).expand(b, hp * wp, n_pad, c)], dim=2)
+            if guidance is not None and self.pad_guidance is not None:
+                pad_g = self.pad_guidance.to(guidance.dtype).expand(b, n_pad, -1)
+                guidance = torch.cat([guidance, pad_g], dim=1)
+        y = y + self.attn(self.norm1(y), guidance)
+        y = self.ffn(self.norm2(y), identity=y)
+        y = y[:, :, :t]  # drop the padding tokens
+        if pool > 1:
+            y = y.permute(0, 2, 3, 1).reshape(b * t, c, hp, wp)
+            y = F.interpolate(y, size=(hgt, wid), mode='bilinear', align_corners=True)
+            y = y.view(b, t, c, hgt, wid).permute(0, 1, 3, 4, 2)
+        else:
+            y = y.reshape(b, hgt, wid, t, c).permute(0, 3, 1, 2, 4)
+        return x + y
+
+
+class AggregationLayer(BaseModule):
+    """One aggregation layer: spatial aggregation, then class aggregation.
+
+    Args:
+        embed_dims (int): C.
+        appearance_guidance_dims (int): channels of the projected image guidance.
+        text_guidance_dims (int): channels of the projected text guidance.
+        num_heads (int): heads of both attentions.
+        window_size (int): Swin window.
+        mlp_ratio (float): MLP hidden width / C (both MLPs).
+        pool_size (int): class-aggregation pooling in training.
+        test_pool_size (int): class-aggregation pooling in eval.
+        pad_len (int): class padding length (0: none).
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 appearance_guidance_dims: int,
+                 text_guidance_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 mlp_ratio: float = 4.,
+                 pool_size: int = 2,
+                 test_pool_size: int = 1,
+                 pad_len: int = 256,
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.spatial = SpatialAggregation(embed_dims, appearance_guidance_dims, num_heads,
+                                          window_size, mlp_ratio)
+        self.cls = ClassAggregation(embed_dims, text_guidance_dims, num_heads, mlp_ratio,
+                                    pool_size, test_pool_size, pad_len)
+
+    def forward(self, x: Tensor, appearance_guidance: Optional[Tensor],
+                text_guidance: Optional[Tensor]) -> Tensor:
+        """``x``: ``[B, T, H, W, C]``; guidances ``[B, H, W, Ga]`` and ``[B, T, Gt]``."""
+        return self.cls(self.spatial(x, appearance_guidance), text_guidance)
+
+
+def group_norm_cfg(channels: int, channels_per_group: int = 16) -> dict:
+    """GroupNorm config with ``channels // 16`` groups (CAT-Seg's decoder), at least 1."""
+    groups = max(1, channels // channels_per_group)
+    if channels % groups:
+        raise ValueError(f'decoder channels {channels} are not divisible into {groups} '
+                         f'GroupNorm groups; use a multiple of {channels_per_group}')
+    return dict(type='GN', num_groups=groups)
+
+
+class GuidedUpBlock(BaseModule):
+    """Decoder stage: ×2 transposed conv, concat projected guidance, two 3×3 conv-norm-act.
+
+    The transposed conv outputs ``in_channels - guidance_channels`` channels so that the
+    concatenation with the guidance has ``in_channels`` again.
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        guidance_channels (int): channels of the guidance concatenated after upsampling.
+        norm_cfg (dict, optional): normalisation of the convs (None: GroupNorm with
+            ``out_channels // 16`` groups).
+        act_cfg (dict): activation.
+        init_cfg (dict, optional): mmengine init config.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 guidance_channels: int,
+                 norm_cfg: OptConfigType = None,
+                 act_cfg: ConfigType = dict(type='ReLU'),
+                 init_cfg: OptConfigType = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if guidance_channels >= in_channels:
+            raise ValueError(f'decoder guidance channels {guidance_channels} must be fewer '
+                             f'than the stage input channels {in_channels}')
+        self.guidance_channels = guidance_channels
+        self.up = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, 2, stride=2)
+        norm = norm_cfg if norm_cfg is not None else group_norm_cfg(out_channels)
+        self.convs = nn.Sequential(
+            ConvModule(in_channels, out_channels, 3, padding=1, norm_cfg=norm, act_cfg=act_cfg),
+            ConvModule(out_channels, out_channels, 3, padding=1, norm_cfg=norm, act_cfg=act_cfg))
+
+    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x (Tensor): ``[B*T, C_in, H, W]`` (image-major, class-minor).
+            guidance (Tensor, optional): ``[B, G, 2H, 2W]``, shared by the T classes.
+
+        Returns:
+            Tensor: ``[B*T, C_out, 2H, 2W]``.
+        """
+        x = self.up(x)
+        if guidance is not None:
+            b = guidance.shape[0]
+            t = x.shape[0] // b
+            guidance = guidance.unsqueeze(1).expand(b, t, *guidance.shape[1:])
+            x = torch.cat([x, guidance.reshape(b * t, *guidance.shape[2:])], dim=1)
+        return self.convs(x)
