@@ -1,2 +1,3 @@
 
 from .vocabulary_hook import VocabularyHook  # noqa: F401
+from .hyperspherical_energy_hook import HypersphericalEnergyHook  # noqa: F401
