@@ -92,11 +92,14 @@ def plain_setup(model, image, tokens) -> Callable[[], None]:
     model.train()
 
     def step():
-        for param in trainable:
-            param.grad = None
         image_f, text_f, _ = model(image, tokens)
         clip_loss(image_f, text_f).backward()
 
+    def zero_grad():
+        for param in trainable:
+            param.grad = None
+
+    step.zero_grad = zero_grad
     step.num_trainable = sum(p.numel() for p in trainable)
     step.persistent = lambda: 0
     return step
@@ -106,11 +109,11 @@ def adapted_setup(model, adapter, image, tokens) -> Callable[[], None]:
     model.train()
 
     def step():
-        adapter.zero_grad(set_to_none=True)
         weights = adapter(model)  # DCRC + Cayley + all transformed weights, once per step
         image_f, text_f, _ = functional_call(model, weights, (image, tokens), strict=False)
         clip_loss(image_f, text_f).backward()
 
+    step.zero_grad = lambda: adapter.zero_grad(set_to_none=True)
     step.num_trainable = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     step.persistent = lambda: (sum(p.numel() * p.element_size() for p in adapter.parameters()) +
                                sum(t.numel() * t.element_size()
@@ -125,16 +128,22 @@ def sync(device):
 
 def interleaved_times(fns: Dict[str, Callable], repeats: int, warmup: int,
                       device) -> Dict[str, List[float]]:
-    """Run every fn ``warmup`` times, then ``repeats`` rounds in rotating order; wall seconds."""
+    """Run every fn ``warmup`` times, then ``repeats`` rounds in rotating order; wall seconds.
+
+    A fn's ``zero_grad`` attribute, if any, is called before each run, outside the timing.
+    """
     names = list(fns)
+    zero = {name: getattr(fn, 'zero_grad', lambda: None) for name, fn in fns.items()}
     for _ in range(warmup):
         for name in names:
+            zero[name]()
             fns[name]()
     sync(device)
     times = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            zero[name]()
             gc.collect()
             sync(device)
             start = time.perf_counter()
@@ -150,6 +159,7 @@ def peak_memory(fn: Callable, device) -> int:
     CUDA: exact (``max_memory_allocated``). CPU: from the profiler's allocation events at op
     granularity (an op's temporary buffers freed inside the same op are not seen).
     """
+    getattr(fn, 'zero_grad', lambda: None)()
     gc.collect()
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
@@ -217,7 +227,8 @@ def main(argv=None):
         command='python ' + ' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
         model=args.model, image_size=args.image_size, prompts=args.prompts,
         block_size=args.block_size, device=args.device, threads=torch.get_num_threads(),
-        torch=torch.__version__, platform=platform.platform(), processor=_cpu_name(),
+        torch=torch.__version__, platform=platform.platform(),
+        processor=(torch.cuda.get_device_name() if args.device.startswith('cuda') else _cpu_name()),
         step_times=step_times, step_trainable={n: f.num_trainable for n, f in steps.items()},
         persistent={n: f.persistent() for n, f in steps.items()},
         peak_memory=memory, infer_times=infer_times)
