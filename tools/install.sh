@@ -64,10 +64,16 @@ if [[ "$(readlink -f .venv 2>/dev/null)" != "$(readlink -f "$HCLIP_VENV")" ]]; t
 fi
 PY="$HCLIP_VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+pip_install() {  # pip install, without the noise of missing local index folders
+  local rc=0
+  "${PIP[@]}" install "$@" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; } || rc=$?
+  return "$rc"
+}
 # mmcv's setup.py imports pkg_resources (removed in setuptools 81).
 if ! "$PY" -c 'import setuptools, sys; v=tuple(map(int, setuptools.__version__.split(".")[:2])); sys.exit(v >= (81,0))' 2>/dev/null \
    || ! "$PY" -c 'import wheel' 2>/dev/null; then
-  "${PIP[@]}" install -q "setuptools<81" wheel
+  pip_install -q "setuptools<81" wheel
 fi
 
 # ---------------------------------------------------------------------------
@@ -91,7 +97,7 @@ then
 else
   # torch asks for setuptools>=77; keep it below 81 for mmcv's setup.py.
   # shellcheck disable=SC2086
-  "${PIP[@]}" install $TORCH_SPEC "setuptools<81"
+  pip_install $TORCH_SPEC "setuptools<81"
 fi
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 
@@ -122,7 +128,7 @@ then
 else
   # mmcv is excluded here: mmsegmentation/mmpretrain do not pin it as a
   # dependency, and step 4 builds it with the right flags.
-  "${PIP[@]}" install -r requirements.txt
+  pip_install -r requirements.txt
 fi
 
 # ---------------------------------------------------------------------------
@@ -133,7 +139,7 @@ mmcv_ok() {
 if [[ "${MMCV_REBUILD:-0}" != 1 ]] && mmcv_ok; then
   echo "already importable, skipping build"
 else
-  "${PIP[@]}" install -q "setuptools<81" wheel   # mmcv's setup.py imports pkg_resources
+  pip_install -q "setuptools<81" wheel   # mmcv's setup.py imports pkg_resources
   CXX_STD=$("$PY" tools/install/cxx_std.py)
   echo "C++ standard for this torch: $CXX_STD"
   build_env=(MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}")
@@ -168,11 +174,11 @@ EOF
     build_env+=(FORCE_CUDA=0)
   fi
   # From the index sdist (not a local folder) so pip caches the built wheel.
-  env "${build_env[@]}" "${PIP[@]}" install --no-build-isolation "mmcv==$MMCV_VERSION"
+  ( export "${build_env[@]}"; pip_install --no-build-isolation "mmcv==$MMCV_VERSION" )
   if ! mmcv_ok; then
     echo "cached mmcv wheel does not import its ops with this torch; rebuilding without the cache"
-    env "${build_env[@]}" "${PIP[@]}" install --no-build-isolation --no-cache-dir \
-      --force-reinstall --no-deps "mmcv==$MMCV_VERSION"
+    ( export "${build_env[@]}"
+      pip_install --no-build-isolation --no-cache-dir --force-reinstall --no-deps "mmcv==$MMCV_VERSION" )
   fi
   mmcv_ok
 fi
@@ -182,7 +188,7 @@ step 5 "mmseg_hclip (editable)"
 if "$PY" -c 'import mmseg_hclip, sys, os; sys.exit(os.path.dirname(os.path.dirname(mmseg_hclip.__file__)) != sys.argv[1])' "$ROOT" 2>/dev/null; then
   echo "already installed from $ROOT"
 else
-  "${PIP[@]}" install --no-build-isolation --no-deps -e .
+  pip_install --no-build-isolation --no-deps -e .
 fi
 
 # ---------------------------------------------------------------------------

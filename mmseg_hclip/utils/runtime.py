@@ -17,7 +17,8 @@ def setup_runtime(cfg) -> None:
     * On a machine without CUDA, a distributed launch (``--launcher pytorch``)
       uses the gloo backend: the process group is created here, from the
       variables torchrun sets, because mmengine's initialiser selects a CUDA
-      device unconditionally. The runner then finds the group initialised.
+      device unconditionally (the runner then finds the group initialised),
+      and DDP wraps the model without ``device_ids`` (CPU modules).
 
     Args:
         cfg (mmengine.Config): The full config; ``cfg.launcher`` and
@@ -34,6 +35,9 @@ def setup_runtime(cfg) -> None:
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
     dist_cfg['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
     if not dist.is_initialized():
         missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                    if k not in os.environ]
