@@ -178,7 +178,8 @@ class GuidedShiftWindowMSA(ShiftWindowMSA):
             attn_drop=attn_drop,
             proj_drop=proj_drop)
 
-    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor,  # type: ignore[override]
+                guidance: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             x (Tensor): ``[B, T, H, W, C]``.
@@ -351,26 +352,52 @@ class LinearClassAttention(BaseModule):
         self.k = nn.Linear(embed_dims + guidance_dims, embed_dims)
         self.v = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                guidance: Optional[Tensor] = None,
+                pad_x: Optional[Tensor] = None,
+                pad_guidance: Optional[Tensor] = None,
+                num_pad: int = 0) -> Tensor:
         """
         Args:
             x (Tensor): ``[B, S, T, C]`` (S spatial positions, T class tokens).
             guidance (Tensor, optional): ``[B, T, G]``, shared by the S positions.
+            pad_x (Tensor, optional): ``[C]``, one padding token, present ``num_pad`` times
+                in every class sequence (as key and value only, see below).
+            pad_guidance (Tensor, optional): ``[G]``, the padding token's guidance.
+            num_pad (int): how many copies of the padding token the sequence has.
 
         Returns:
-            Tensor: ``[B, S, T, C]``.
+            Tensor: ``[B, S, T, C]``, the outputs of the T real tokens.
+
+        Padding without copies: the ``num_pad`` padding tokens are identical (same token,
+        same guidance, at every position), so their keys and values are identical and
+        they enter the sums over keys ``num_pad`` times; their own outputs are discarded
+        by the caller, so their queries are never needed. Adding ``num_pad ×`` one token's
+        terms gives the same numbers as attending over ``T + num_pad`` tokens, at the
+        cost of T.
         """
         b, s, t, c = x.shape
+        h = self.num_heads
+        total = t + num_pad
         g = guidance.unsqueeze(1) if guidance is not None else None  # broadcast over S
-        shape = (b, s, t, self.num_heads, c // self.num_heads)
+        shape = (b, s, t, h, c // h)
         q = elu_feature_map(guided_linear(self.q, x, g, self.guidance_dims)).view(shape)
         k = elu_feature_map(guided_linear(self.k, x, g, self.guidance_dims)).view(shape)
-        # values are divided by T before the sum and the result multiplied back: the same
-        # numbers, but the T-term sums stay in range under fp16.
-        v = self.v(x).view(shape) / t
+        # values are divided by the token count before the sum and the result multiplied
+        # back: the same numbers, but the sums stay in range under fp16.
+        v = self.v(x).view(shape) / total
         kv = torch.einsum('bsthd,bsthe->bshde', k, v)
-        z = 1. / (torch.einsum('bsthd,bshd->bsth', q, k.sum(dim=2)) + self.eps)
-        out = torch.einsum('bsthd,bshde->bsthe', q, kv) * (z.unsqueeze(-1) * t)
+        k_sum = k.sum(dim=2)
+        if num_pad > 0:
+            pg = pad_guidance if guidance is not None else None
+            k_pad = elu_feature_map(guided_linear(self.k, pad_x, pg, self.guidance_dims))
+            k_pad = k_pad.view(h, c // h)
+            v_pad = self.v(pad_x).view(h, c // h) / total
+            kv = kv + num_pad * torch.einsum('hd,he->hde', k_pad, v_pad).to(kv.dtype)
+            k_sum = k_sum + num_pad * k_pad.to(k_sum.dtype)
+        z = 1. / (torch.einsum('bsthd,bshd->bsth', q, k_sum) + self.eps)
+        out = torch.einsum('bsthd,bshde->bsthe', q, kv) * (z.unsqueeze(-1) * total)
         return out.reshape(b, s, t, c)
 
 
@@ -383,8 +410,13 @@ class ClassAggregation(BaseModule):
     it) when there are fewer classes; ``y = y + attn(LN(y), g)``, ``y = y + MLP(LN(y))``;
     drop the padding tokens; upsample back (bilinear, align_corners=True) and add to the
     input: ``x + y`` (as in CAT-Seg the attention branch carries its own residual, so
-    without pooling this is ``2x + Δ``). The padding tokens only ever act as extra keys/values — they are
-    removed before the output, so they can never appear in a prediction.
+    without pooling this is ``2x + Δ``).
+
+    The padding tokens only act as extra keys/values of the real classes: their outputs
+    are dropped, so they can never appear in a prediction. Since they are identical, they
+    are not materialised: :class:`LinearClassAttention` counts one token ``pad_len - T``
+    times (same numbers as CAT-Seg's explicit padding; class aggregation then costs T
+    tokens instead of ``pad_len``, e.g. 8× less for a 32-class vocabulary).
 
     Args:
         embed_dims (int): C.
@@ -446,15 +478,10 @@ class ClassAggregation(BaseModule):
         else:
             hp, wp = hgt, wid
             y = x.permute(0, 2, 3, 1, 4).reshape(b, hgt * wid, t, c)
-        n_pad = self.pad_len - t if self.pad_token is not None else 0
-        if n_pad > 0:
-            y = torch.cat([y, self.pad_token.to(y.dtype).expand(b, hp * wp, n_pad, c)], dim=2)
-            if guidance is not None and self.pad_guidance is not None:
-                pad_g = self.pad_guidance.to(guidance.dtype).expand(b, n_pad, -1)
-                guidance = torch.cat([guidance, pad_g], dim=1)
-        y = y + self.attn(self.norm1(y), guidance)
+        n_pad = max(self.pad_len - t, 0) if self.pad_token is not None else 0
+        pad_x = self.norm1(self.pad_token) if n_pad > 0 else None
+        y = y + self.attn(self.norm1(y), guidance, pad_x, self.pad_guidance, n_pad)
         y = self.ffn(self.norm2(y), identity=y)
-        y = y[:, :, :t]  # drop the padding tokens
         if pool > 1:
             y = y.permute(0, 2, 3, 1).reshape(b * t, c, hp, wp)
             y = F.interpolate(y, size=(hgt, wid), mode='bilinear', align_corners=True)

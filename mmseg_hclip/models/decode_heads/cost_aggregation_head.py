@@ -1,5 +1,5 @@
 """Cost-aggregation decode head of H-CLIP (the CAT-Seg architecture, CVPR'24)."""
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
