@@ -234,3 +234,35 @@ def test_set_vocabulary_via_config():
     cfg.model.class_names = ['a', 'b']
     model = MODELS.build(cfg.model)
     assert model.vocabulary == ('a', 'b')
+
+
+@pytest.mark.parametrize('name, size, guidance, width', [('hclip_vitb16', 384, (3, 7), 512),
+                                                         ('hclip_vitl14', 336, (7, 15), 768)])
+def test_reference_configs(name, size, guidance, width):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models', name + '.py'))
+    m = cfg.model
+    assert m.type == 'HCLIPSegmentor' and m.backbone.pretrained == 'openai'
+    assert m.backbone.quick_gelu is True  # OpenAI weights
+    assert m.backbone.img_size == size and tuple(m.backbone.guidance_layers) == guidance
+    assert m.decode_head.in_channels == width and m.decode_head.pad_len == 256
+    assert tuple(m.data_preprocessor.size) == (size, size)
+    torch.testing.assert_close(torch.tensor(m.data_preprocessor.mean),
+                               torch.tensor([122.77, 116.75, 104.09]), atol=0.01, rtol=0)
+    torch.testing.assert_close(torch.tensor(m.data_preprocessor.std),
+                               torch.tensor([68.50, 66.63, 70.32]), atol=0.01, rtol=0)
+    assert m.data_preprocessor.bgr_to_rgb
+    assert m.test_cfg.mode == 'reference' and tuple(m.test_cfg.resize_to) == (640, 640)
+    assert tuple(m.test_cfg.crop_size) == (size, size) and tuple(m.test_cfg.stride) == (256, 256)
+    assert [h.type for h in cfg.custom_hooks] == ['VocabularyHook']
+
+
+@pytest.mark.slow
+def test_vitb16_config_builds_and_predicts():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models', 'hclip_vitb16.py'))
+    cfg.model.backbone.pretrained = None
+    cfg.model.test_cfg = dict(mode='whole')
+    model = MODELS.build(cfg.model).eval()
+    model.set_vocabulary(['sky', 'road', 'tree'])
+    with torch.no_grad():
+        out = model.inference(torch.randn(1, 3, 384, 384), metas((384, 384)))
+    assert out.shape == (1, 3, 384, 384)

@@ -321,7 +321,8 @@ class HCLIPBackbone(BaseModule):
         extra = set(vision[-1]) - set(_DENSE_BLOCK_PARAMS)
         if extra:
             raise KeyError(f'Adapted weights {sorted(extra)} of the final image block are not '
-                           f'used by the dense value-path forward (it reads {_DENSE_BLOCK_PARAMS}).')
+                           'used by the dense value-path forward (it reads '
+                           f'{_DENSE_BLOCK_PARAMS}).')
         return vision, text
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, weights: Weights,
