@@ -16,7 +16,6 @@ def run_tool(args, cwd=None, env=None, timeout=900):
     import subprocess
     full_env = dict(os.environ)
     full_env.setdefault('OMP_NUM_THREADS', '1')
-    full_env['PYTHONPATH'] = ROOT + os.pathsep + full_env.get('PYTHONPATH', '')
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable] + list(args), cwd=cwd or ROOT, env=full_env,

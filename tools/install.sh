@@ -185,7 +185,8 @@ fi
 
 # ---------------------------------------------------------------------------
 step 5 "mmseg_hclip (editable)"
-if "$PY" -c 'import mmseg_hclip, sys, os; sys.exit(os.path.dirname(os.path.dirname(mmseg_hclip.__file__)) != sys.argv[1])' "$ROOT" 2>/dev/null; then
+# Checked from / so that the current folder on sys.path cannot fake an install.
+if (cd / && "$PY" -c 'import mmseg_hclip, sys, os; sys.exit(os.path.dirname(os.path.dirname(mmseg_hclip.__file__)) != sys.argv[1])' "$ROOT" 2>/dev/null); then
   echo "already installed from $ROOT"
 else
   pip_install --no-build-isolation --no-deps -e .
@@ -193,13 +194,14 @@ fi
 
 # ---------------------------------------------------------------------------
 step 6 "import check"
-"$PY" - <<'EOF'
+(cd / && "$PY" - <<'EOF'
 import mmcv, mmengine, mmseg, mmpretrain, open_clip, torch
 import mmseg_hclip
 print('torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__,
       '| mmseg', mmseg.__version__, '| mmpretrain', mmpretrain.__version__,
       '| open_clip', open_clip.__version__)
 EOF
+)
 
 # ---------------------------------------------------------------------------
 step 7 "done"
