@@ -302,3 +302,24 @@ def test_vitb16_at_384():
         out = bb.eval()(torch.randn(1, 3, 384, 384))
     assert out['dense'].shape == (1, 512, 24, 24)
     assert [g.shape for g in out['guidance']] == [(1, 768, 24, 24)] * 2
+
+
+def test_mmengine_savers_and_loaders_see_pretrained_weights():
+    """mmengine's get_state_dict / load_state_dict skip some torch hooks; still safe."""
+    from mmengine.runner.checkpoint import get_state_dict, load_state_dict
+    bb = make_backbone()
+    perturb_adapter(bb)
+    name = 'clip.transformer.resblocks.0.attn.out_proj.weight'
+    original = bb.get_parameter(name).detach().clone()
+    bb.eval()
+    with torch.no_grad():
+        bb.adapted_weights()
+    assert bb.merged and not torch.equal(bb.get_parameter(name), original)
+    state = {k: v.clone() for k, v in get_state_dict(bb).items()}
+    assert torch.equal(state[name], original) and not bb.merged
+    with torch.no_grad():
+        bb.adapted_weights()
+    version = bb.weights_version
+    load_state_dict(bb, state)
+    assert not bb.merged and bb.weights_version > version
+    assert torch.equal(bb.get_parameter(name), original)

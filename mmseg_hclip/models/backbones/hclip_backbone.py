@@ -144,7 +144,11 @@ class HCLIPBackbone(BaseModule):
             self.adapter = None
         self._tokenizer = None
         self._weights_version = 0
+        # Checkpoints always hold the pretrained CLIP weights: unmerge before saving (the
+        # post hook covers savers that skip pre hooks, e.g. mmengine's get_state_dict: the
+        # saved tensors share storage with the parameters that unmerge restores in place).
         self.register_state_dict_pre_hook(_unmerge_before_state_dict)
+        self.register_state_dict_post_hook(_unmerge_after_state_dict)
         self.register_load_state_dict_pre_hook(_unmerge_before_load)
         self.register_load_state_dict_post_hook(_bump_after_load)
 
@@ -494,9 +498,14 @@ def _unmerge_before_state_dict(module: HCLIPBackbone, prefix, keep_vars):
     module.unmerge()
 
 
+def _unmerge_after_state_dict(module: HCLIPBackbone, state_dict, prefix, local_metadata):
+    module.unmerge()  # in place: the collected tensors share storage with the parameters
+
+
 def _unmerge_before_load(module: HCLIPBackbone, state_dict, prefix, local_metadata, strict,
                          missing_keys, unexpected_keys, error_msgs):
     module.unmerge()
+    module._bump()  # the weights are about to change (some loaders skip post hooks)
 
 
 def _bump_after_load(module: HCLIPBackbone, incompatible_keys):
