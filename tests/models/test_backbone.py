@@ -323,3 +323,21 @@ def test_mmengine_savers_and_loaders_see_pretrained_weights():
     load_state_dict(bb, state)
     assert not bb.merged and bb.weights_version > version
     assert torch.equal(bb.get_parameter(name), original)
+
+
+def test_adapter_type_from_registry():
+    """`adapter=dict(type=...)` builds any registered adapter with HCLIPAdapter's interface."""
+    from mmseg.registry import MODELS
+
+    from mmseg_hclip.peft import HCLIPAdapter
+
+    @MODELS.register_module(name='_TestAdapter', force=True)
+    class _TestAdapter(HCLIPAdapter):
+        pass
+
+    bb = make_backbone(adapter=dict(ADAPTER, type='_TestAdapter'))
+    assert type(bb.adapter) is _TestAdapter
+    ref = make_backbone()
+    assert bb.adapter.state_dict().keys() == ref.adapter.state_dict().keys()
+    with pytest.raises(KeyError, match="'NoSuchAdapter' is not registered"):
+        make_backbone(adapter=dict(ADAPTER, type='NoSuchAdapter'))

@@ -86,8 +86,10 @@ class HCLIPBackbone(BaseModule):
             local file. Defaults to None.
         adapter (dict, optional): Keyword arguments of
             :class:`mmseg_hclip.peft.HCLIPAdapter` (``block_size``,
-            ``orthogonal``, ``sides``, ``dcrc``, ``train``, ``targets``);
-            None keeps CLIP frozen without adapter. Defaults to None.
+            ``orthogonal``, ``sides``, ``dcrc``, ``train``, ``targets``), or
+            ``type=`` another adapter registered in MMSeg's MODELS with the
+            same interface (built with ``clip=`` the CLIP model); None keeps
+            CLIP frozen without adapter. Defaults to None.
         merge_in_eval (bool): Merge the adapter into the CLIP weights in eval
             mode. Defaults to True.
         with_cp (bool): Gradient checkpointing of every transformer block of
@@ -137,11 +139,7 @@ class HCLIPBackbone(BaseModule):
         self.text_width = self.clip.transformer.width
         self.embed_dim = visual.proj.shape[1]
 
-        if adapter is not None:
-            from mmseg_hclip.peft import HCLIPAdapter
-            self.adapter = HCLIPAdapter(self.clip, **adapter)
-        else:
-            self.adapter = None
+        self.adapter = None if adapter is None else self._build_adapter(self.clip, adapter)
         self._tokenizer = None
         self._weights_version = 0
         # Checkpoints always hold the pretrained CLIP weights: unmerge before saving (the
@@ -153,6 +151,27 @@ class HCLIPBackbone(BaseModule):
         self.register_load_state_dict_post_hook(_bump_after_load)
 
     # ------------------------------------------------------------------ building
+    @staticmethod
+    def _build_adapter(clip: nn.Module, cfg: dict) -> nn.Module:
+        """Build the adapter: HCLIPAdapter by default, or ``type`` from MODELS.
+
+        Any adapter with HCLIPAdapter's interface works (``adapter(clip)`` ->
+        transformed weights by parameter name, ``merge(clip)``, ``unmerge(clip)``,
+        ``merged``), e.g. the baselines of ``projects/peft_baselines``.
+        """
+        cfg = dict(cfg)
+        adapter_type = cfg.pop('type', 'HCLIPAdapter')
+        if adapter_type == 'HCLIPAdapter':
+            from mmseg_hclip.peft import HCLIPAdapter
+            return HCLIPAdapter(clip, **cfg)
+        from mmseg.registry import MODELS
+        if MODELS.get(adapter_type) is None:
+            raise KeyError(
+                f'adapter type {adapter_type!r} is not registered in MMSeg\'s MODELS; import the '
+                'package that registers it via custom_imports (e.g. '
+                "'projects.peft_baselines.peft_baselines') or use type='HCLIPAdapter'.")
+        return MODELS.build(dict(type=adapter_type, **cfg), default_args=dict(clip=clip))
+
     @staticmethod
     def _build_clip(arch, pretrained, img_size, quick_gelu, cache_dir) -> nn.Module:
         import open_clip
