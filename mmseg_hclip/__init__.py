@@ -11,7 +11,7 @@ package; it can be used alone.
 from .version import __version__
 
 from . import peft  # noqa: F401,E402  (pure torch, always importable)
-from . import datasets, engine, evaluation, models, quickstart, utils  # noqa: F401,E402
+from . import apis, datasets, engine, evaluation, models, quickstart, utils  # noqa: F401,E402
 from .utils import register_safe_checkpoint_globals  # noqa: E402
 
 register_safe_checkpoint_globals()
