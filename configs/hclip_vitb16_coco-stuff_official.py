@@ -1,0 +1,36 @@
+# H-CLIP, CLIP ViT-B/16, COCO-Stuff-171: the authors' released recipe and model details
+# (DESIGN §3 "official-compat", §6), as opposed to the paper's (hclip_vitb16_coco-stuff.py):
+#   model:    q, k, v transformed on the input side (W·B), out_proj on the output side (B·W);
+#             linear DCRC (Eq. 16) with one 10x10 mode-3 map per layer index and one shared
+#             48x48 mode-4 map; text blocks R = (I - Q)(I + Q)^-1 (the Cayley map of -Q)
+#   schedule: AdamW, head lr 2e-4, CLIP (backbone: the adapter) x0.01 = 2e-6, weight decay
+#             1e-4, 1,500 iterations of linear warm-up then cosine decay, gradient-norm
+#             clipping at 0.01, 80k iterations
+#             (= configs/_base_/schedules/schedule_80k_adamw_official.py, checked by the tests)
+#   data:     as the paper config (short side 384, random crop 384, photometric distortion,
+#             flip), 4 GPUs x 1 image.
+#
+#   bash tools/dist_train.sh configs/hclip_vitb16_coco-stuff_official.py 4
+_base_ = ['./hclip_vitb16_coco-stuff.py']
+
+model = dict(
+    backbone=dict(
+        adapter=dict(
+            sides='official', dcrc='linear', dcrc_per_layer=True,
+            cayley_convention='official')))
+
+# ------------------------------------------------- schedule (replaces the paper's Adam)
+base_lr = 2e-4
+clip_lr = base_lr * 0.01  # 2e-6: what the adapter gets (backbone lr_mult 0.01)
+head_lr_mult = 100.0  # head lr = 100 x clip_lr = base_lr
+optimizer = dict(type='AdamW', lr=base_lr, weight_decay=1e-4)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=optimizer,
+    clip_grad=dict(max_norm=0.01, norm_type=2),
+    paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.01)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1500),
+    dict(type='CosineAnnealingLR', eta_min=0.0, by_epoch=False, begin=1500, end=80000),
+]

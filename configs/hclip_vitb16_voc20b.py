@@ -1,0 +1,30 @@
+# H-CLIP ViT-B/16 (hclip_vitb16_coco-stuff.py) evaluated on PAS-20b.
+# PASCAL VOC 2012 with background: 1,449 validation images; 59 names (20 classes + 39
+# background proxies), scored over 21 classes: predictions >= 20 count as background.
+# Open-vocabulary protocol: trained on COCO-Stuff-171, tested here with the benchmark's own
+# class names (VocabularyHook) and the reference inference (640x640, windows + global view).
+# Paper, Table 1: 78.2 mIoU.
+#
+#   bash tools/dist_test.sh configs/hclip_vitb16_voc20b.py CKPT 4
+#   (CKPT: a checkpoint of hclip_vitb16_coco-stuff.py, e.g. work_dirs/.../iter_80000.pth)
+#   (data elsewhere: --cfg-options test_dataloader.dataset.data_root=/path/to/voc20b)
+#
+# Only val/test data and metric change (they equal configs/_base_/datasets/voc20b.py, checked by
+# tests/configs/test_configs.py); training with this config trains on COCO-Stuff-171 and
+# validates on this benchmark.
+_base_ = ['./hclip_vitb16_coco-stuff.py']
+
+val_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='PascalVOC20bDataset',
+        data_root='data/voc20b',
+        data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
+        pipeline=_base_.test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(
+    type='BackgroundMappedIoUMetric',
+    iou_metrics=['mIoU'],
+    ignore_index=255,
+    background_index=20)
+test_evaluator = val_evaluator

@@ -1,0 +1,16 @@
+# lora-r64_vitb16_coco-stuff.py (PEFT baseline) evaluated on voc20: the benchmark config
+# configs/hclip_vitb16_voc20.py with this baseline's adapter (the same as in the training config,
+# checked by tests/configs/test_configs.py).
+#   bash tools/dist_test.sh projects/peft_baselines/configs/lora-r64_vitb16_voc20.py CKPT 4
+_base_ = ['../../../configs/hclip_vitb16_voc20.py']
+custom_imports = dict(
+    imports=['mmseg_hclip', 'projects.peft_baselines.peft_baselines'],
+    allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        adapter=dict(
+            _delete_=True,
+            type='LoRAAdapter',
+            rank=64,
+            alpha=64,  # scale alpha / rank = 1
+            targets=('q', 'k', 'v', 'out'))))
