@@ -13,7 +13,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmseg_hclip.utils import setup_runtime
+from mmseg_hclip.apis.inference import is_merged_checkpoint
+from mmseg_hclip.utils import load_checkpoint_safely, setup_runtime
 
 
 def parse_args():
@@ -74,6 +75,23 @@ def trigger_visualization_hook(cfg, args):
     return cfg
 
 
+def adapt_model_to_checkpoint(cfg, checkpoint):
+    """Build an H-CLIP model the way the checkpoint needs it.
+
+    The checkpoint holds every CLIP weight, so the backbone is built without
+    ``pretrained`` (no download, works offline). A checkpoint written by
+    ``tools/merge_weights.py`` has the transforms folded in: its model is built
+    without the adapter.
+    """
+    backbone = cfg.model.get('backbone', None)
+    if not backbone or backbone.get('type') != 'HCLIPBackbone':
+        return
+    backbone['pretrained'] = None
+    meta = load_checkpoint_safely(checkpoint, map_location='cpu', mmap=True).get('meta') or {}
+    if is_merged_checkpoint(meta):
+        backbone['adapter'] = None
+
+
 def main():
     args = parse_args()
     if not osp.isfile(args.checkpoint):
@@ -90,6 +108,7 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     cfg.load_from = args.checkpoint
+    adapt_model_to_checkpoint(cfg, args.checkpoint)
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

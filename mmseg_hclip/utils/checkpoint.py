@@ -99,12 +99,14 @@ def register_safe_checkpoint_globals() -> None:
     _REGISTERED = True
 
 
-def load_checkpoint_safely(filename: str, map_location: Any = None) -> Any:
+def load_checkpoint_safely(filename: str, map_location: Any = None, mmap: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True`` and a clear refusal message.
 
     Args:
         filename (str): Path of a checkpoint file.
         map_location: As for :func:`torch.load`.
+        mmap (bool): Memory-map the tensors instead of reading them (cheap
+            when only ``meta`` is needed). Defaults to False.
 
     Returns:
         The unpickled checkpoint (usually a dict).
@@ -118,7 +120,7 @@ def load_checkpoint_safely(filename: str, map_location: Any = None) -> Any:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} can not be found')
     try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
+        return torch.load(filename, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if isinstance(err, UnsafeCheckpointError):
             raise UnsafeCheckpointError(f'{filename}: {err}') from None
