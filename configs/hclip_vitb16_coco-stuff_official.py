@@ -9,6 +9,8 @@
 #             (= configs/_base_/schedules/schedule_80k_adamw_official.py, checked by the tests)
 #   data:     as the paper config (short side 384, random crop 384, photometric distortion,
 #             flip), 4 GPUs x 1 image.
+# Ours: 7,867,824 trainable (6,282,672 effective): the authors' code stores the same 7,867,824
+# (docs/param_report.md).
 #
 #   bash tools/dist_train.sh configs/hclip_vitb16_coco-stuff_official.py 4
 _base_ = ['./hclip_vitb16_coco-stuff.py']
