@@ -43,7 +43,7 @@ SEEN_CLASSES: Tuple[str, ...] = tuple(
 BACKGROUND = 'background'
 TRAIN_CLASSES: Tuple[str, ...] = (BACKGROUND, ) + SEEN_CLASSES
 EVAL_CLASSES: Tuple[str, ...] = TRAIN_CLASSES + UNSEEN_CLASSES
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -60,7 +60,7 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.nda
 
 
 def render_scene(rng: np.random.Generator, classes: Sequence[str], size: int,
-                 max_shapes: int = 3) -> Tuple[np.ndarray, np.ndarray]:
+                 max_shapes: int = 4) -> Tuple[np.ndarray, np.ndarray]:
     """Render one scene.
 
     Args:
@@ -79,7 +79,7 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], size: int,
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         name = classes[int(rng.integers(len(classes)))]
         colour, shape = name.split(' ')
-        r = rng.uniform(0.12, 0.24) * size
+        r = rng.uniform(0.16, 0.30) * size
         cy, cx = rng.uniform(r, size - r, 2)
         mask = _shape_mask(shape, size, cy, cx, r)
         rgb = np.array(COLOURS[colour], np.float32) + rng.normal(0, 10, 3)
