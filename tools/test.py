@@ -8,13 +8,19 @@ Example::
 import argparse
 import os
 import os.path as osp
+import sys
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+# The repository root on sys.path, so configs can import projects/* packages
+# (custom_imports) without PYTHONPATH=. (tools/dist_*.sh set it too).
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmseg_hclip.apis.inference import is_merged_checkpoint
-from mmseg_hclip.utils import load_checkpoint_safely, setup_runtime
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmseg_hclip.apis.inference import is_merged_checkpoint  # noqa: E402
+from mmseg_hclip.utils import (check_cfg_options, load_checkpoint_safely,  # noqa: E402
+                               setup_runtime)
 
 
 def parse_args():
@@ -100,6 +106,7 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        check_cfg_options(cfg, args.cfg_options)  # a misspelt key is an error, not a no-op
         cfg.merge_from_dict(args.cfg_options)
 
     if args.work_dir is not None:

@@ -9,13 +9,18 @@ import argparse
 import logging
 import os
 import os.path as osp
+import sys
 
-from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+# The repository root on sys.path, so configs can import projects/* packages
+# (custom_imports) without PYTHONPATH=. (tools/dist_*.sh set it too).
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmseg_hclip.utils import setup_runtime
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmseg_hclip.utils import check_cfg_options, setup_runtime  # noqa: E402
 
 
 def parse_args():
@@ -60,6 +65,7 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        check_cfg_options(cfg, args.cfg_options)  # a misspelt key is an error, not a no-op
         cfg.merge_from_dict(args.cfg_options)
 
     # work_dir priority: CLI > config > ./work_dirs/<config name>

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from .cfg_options_check import check_cfg_options
+from mmseg_hclip.utils import check_cfg_options
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 register_all_modules(init_default_scope=True)
@@ -38,7 +38,7 @@ def test_misspelt_module_argument_fails_at_build_naming_it():
 
 
 @pytest.mark.parametrize('key, message', [
-    ('model.backbone.adapter.blok_size', "model.backbone.adapter has no key 'blok_size'"),
+    ('model.backbone.adapter.blok_size', "HCLIPAdapter .* takes no argument 'blok_size'"),
     ('model.test_cfg.resize_too', "model.test_cfg has no key 'resize_too'"),
     ('modle.backbone.with_cp', "the config has no key 'modle'"),
     ('model.backbone.adaptr.block_size', "HCLIPBackbone .* takes no argument 'adaptr'"),

@@ -269,7 +269,8 @@ def test_paper_recipe_vitb16():
                 'test_evaluator', 'train_pipeline', 'test_pipeline'):
         assert cfg[key] == data[key], key  # the data block written out = the dataset base
     adapter = cfg.model.backbone.adapter
-    assert adapter == dict(block_size=128, orthogonal='text', sides='input', dcrc='mlp',
+    assert adapter == dict(type='HCLIPAdapter', block_size=128, orthogonal='text', sides='input',
+                           dcrc='mlp',
                            train='blocks+dcrc', targets=('q', 'k', 'v', 'out'))
     assert cfg.model.backbone.arch == 'ViT-B-16' and cfg.model.backbone.pretrained == 'openai'
     assert cfg.optim_wrapper.optimizer == dict(type='Adam', lr=5e-6, weight_decay=1e-4)

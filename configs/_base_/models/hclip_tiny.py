@@ -25,6 +25,7 @@ model = dict(
         img_size=96,
         guidance_layers=(0, 1),
         adapter=dict(
+            type='HCLIPAdapter',
             block_size=16,
             orthogonal='text',
             sides='input',

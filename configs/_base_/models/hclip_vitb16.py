@@ -31,6 +31,7 @@ model = dict(
         guidance_layers=(3, 7),
         # POF (text tower orthogonal, q=128, input side for q/k/v/out) + DCRC (paper, Eq. 17)
         adapter=dict(
+            type='HCLIPAdapter',
             block_size=128,
             orthogonal='text',
             sides='input',

@@ -1,14 +1,14 @@
 """Reject ``--cfg-options`` keys that nothing would read (mmengine merges any key silently).
 
-Staged here, with its tests in ``test_cfg_options.py``, for ``mmseg_hclip/utils`` and a call in
-``tools/train.py`` / ``tools/test.py`` right after ``cfg.merge_from_dict(args.cfg_options)``
-(``check_cfg_options(cfg_before_merge, args.cfg_options)``): configs and tests are this
-module's owner's files, the tools are not.
+``tools/train.py`` and ``tools/test.py`` call :func:`check_cfg_options` on the config before
+merging the options, so a misspelt key fails with the list of keys that exist there.
 """
 import inspect
 from typing import Mapping
 
 from mmengine.config import Config
+
+__all__ = ['check_cfg_options']
 
 
 def _accepts(cls, name: str) -> bool:
@@ -37,10 +37,10 @@ def check_cfg_options(cfg: Config, options: Mapping) -> None:
     when it is a new top-level key that ``mmengine.runner.Runner`` accepts (``randomness``, ...).
     Lists are addressed by index (``a.0.b``), as mmengine's merge does.
     """
-    from mmengine.registry import Registry
-    from mmengine.runner import Runner
     import mmengine.registry as mm_registries
     import mmseg.registry as seg_registries
+    from mmengine.registry import Registry
+    from mmengine.runner import Runner
     registries = [r for mod in (seg_registries, mm_registries) for r in vars(mod).values()
                   if isinstance(r, Registry)]
     for full_key in options:
