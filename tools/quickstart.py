@@ -84,8 +84,11 @@ def save_untrained_checkpoint(cfg_path, work_dir, path):
                 'state_dict': runner.model.state_dict()}, path)
 
 
-def plot_curves(train_work_dir, out_png):
-    """Loss and validation mIoU against iterations, from mmengine's scalars.json."""
+def plot_curves(train_work_dir, out_png, initial=None):
+    """Loss and validation mIoU against iterations, from mmengine's scalars.json.
+
+    ``initial``: metrics of the untrained model, drawn at iteration 0.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -94,6 +97,8 @@ def plot_curves(train_work_dir, out_png):
     if not files:
         raise SystemExit(f'no scalars.json under {train_work_dir}; was LocalVisBackend on?')
     loss, miou = [], []
+    if initial:
+        miou.append((0, initial['mIoU'], initial.get('mIoU_seen'), initial.get('mIoU_unseen')))
     with open(files[-1]) as f:
         for line in f:
             rec = json.loads(line)
@@ -167,7 +172,7 @@ def main():
 
     print('[5/5] plots', flush=True)
     curve = osp.join(work, 'training_curve.png')
-    plot_curves(train_dir, curve)
+    plot_curves(train_dir, curve, initial=before)
     overlay_dir = osp.join(work, 'overlays')
     os.makedirs(overlay_dir, exist_ok=True)
     drawn = sorted(glob.glob(osp.join(show_dir, '**', '*.png'), recursive=True) +
