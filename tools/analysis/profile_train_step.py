@@ -9,9 +9,9 @@ forward+backward, and the whole step (segmentor.loss + backward) measured togeth
     python tools/analysis/profile_train_step.py [--repeats 3] [--threads N] \
         [--img-size 384] [--classes 171] [--pad-len 256] [--out docs/profile_train_step.md]
 
-Each part runs ``--warmup`` untimed times, then ``--repeats`` timed times; the median is
-reported. Parts are timed one after another (not interleaved): on a busy machine compare the
-split with the load average printed beside it.
+Each part runs ``--warmup`` untimed times, then ``--repeats`` timed times in interleaved
+rounds (step, text, image, head, adapter; then rotated), so that a busy machine slows every part
+alike; the median is reported (``--sequential``: each part's runs back to back instead).
 """
 import argparse
 import json
@@ -32,6 +32,8 @@ from mmseg.utils import register_all_modules
 import mmseg_hclip  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from benchmark_peft import interleaved_times  # noqa: E402
 
 
 def timed(fn, repeats, warmup=1):
@@ -64,6 +66,8 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+    parser.add_argument('--sequential', action='store_true',
+                        help='time each part\'s runs back to back (default: interleaved rounds)')
     parser.add_argument('--out', default=None, help='also write the report as markdown here')
     return parser.parse_args(argv)
 
@@ -128,10 +132,15 @@ def main(argv=None):
     load_before = os.getloadavg()
     parts = dict(step=step, text_tower=text, image_tower=image, head=head_only,
                  adapter_weights=adapter_only)
-    times = {}
-    for name, fn in parts.items():
-        print(f'timing {name} ...', file=sys.stderr, flush=True)
-        times[name] = timed(fn, args.repeats, args.warmup)
+    if args.sequential:
+        times = {}
+        for name, fn in parts.items():
+            print(f'timing {name} ...', file=sys.stderr, flush=True)
+            times[name] = timed(fn, args.repeats, args.warmup)
+    else:
+        print(f'timing {len(parts)} parts x {args.repeats} interleaved rounds ...',
+              file=sys.stderr, flush=True)
+        times = interleaved_times(parts, args.repeats, args.warmup, 'cpu')
     load_after = os.getloadavg()
     res = {k: statistics.median(v) for k, v in times.items()}
     command = 'python ' + ' '.join([osp.relpath(__file__, ROOT)] +
@@ -143,6 +152,7 @@ def main(argv=None):
         input=size,
         classes=n, pad_len=head_cfg.pad_len, window_size=head_cfg.window_size,
         threads=torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats,
+        order='one after another' if args.sequential else 'in interleaved rounds',
         load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
         torch=torch.__version__)
     report = render(command, settings, times, res)
@@ -165,7 +175,7 @@ def render(command, s, times, res):
         f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in s['load_before'])}, "
         f"after {'/'.join(f'{x:.2f}' for x in s['load_after'])}",
         f"- {s['warmup']} untimed + {s['repeats']} timed run(s) per part, median reported; "
-        'parts timed one after another', '',
+        f"parts timed {s['order']}", '',
         '| part (forward + backward) | median (s) | all runs (s) | share of the step |',
         '| --- | ---: | --- | ---: |'
     ]
