@@ -2,6 +2,7 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
 from mmengine.logging import MessageHub, MMLogger
 from torch import nn
 
@@ -70,6 +71,16 @@ def test_hook_without_adapter_is_a_no_op():
     runner = make_runner(Segmentor(with_adapter=False), 'he_hook_test_none', it=0)
     hook = HypersphericalEnergyHook(interval=1)
     hook.after_train_iter(runner, batch_idx=0)
+    hook.after_train_iter(runner, batch_idx=0)
+    assert 'train/he_drift_max' not in runner.message_hub.log_scalars
+
+
+def test_hook_skips_adapters_without_energy_drift():
+    """E.g. the LoRA baseline: nothing to log, no error."""
+    model = Segmentor(with_adapter=False)
+    model.backbone.adapter = torch.nn.Linear(1, 1)  # an adapter without energy_drift
+    runner = make_runner(model, 'he_hook_test_lora', it=0)
+    hook = HypersphericalEnergyHook(interval=1)
     hook.after_train_iter(runner, batch_idx=0)
     assert 'train/he_drift_max' not in runner.message_hub.log_scalars
 

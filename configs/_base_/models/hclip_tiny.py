@@ -57,4 +57,7 @@ model = dict(
         loss_decode=dict(type='OneHotBCELoss', loss_weight=1.0)),
     train_cfg=dict(),
     test_cfg=dict(mode='reference', resize_to=(160, 160), crop_size=(96, 96), stride=(64, 64)))
-custom_hooks = [dict(type='VocabularyHook')]
+custom_hooks = [
+    dict(type='VocabularyHook'),  # the vocabulary follows the running dataset
+    dict(type='HypersphericalEnergyHook', interval=300),  # relative HE drift of text targets
+]

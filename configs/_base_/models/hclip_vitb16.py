@@ -64,4 +64,7 @@ model = dict(
     # the authors' protocol: resize to 640x640, 4 windows of 384 (stride 256) + a global view
     test_cfg=dict(mode='reference', resize_to=(640, 640), crop_size=(384, 384),
                   stride=(256, 256)))
-custom_hooks = [dict(type='VocabularyHook')]
+custom_hooks = [
+    dict(type='VocabularyHook'),  # the vocabulary follows the running dataset
+    dict(type='HypersphericalEnergyHook', interval=1000),  # relative HE drift of text targets
+]

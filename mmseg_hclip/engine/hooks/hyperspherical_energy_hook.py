@@ -63,6 +63,13 @@ class HypersphericalEnergyHook(Hook):
         backbone = getattr(model, 'backbone', None)
         clip = getattr(backbone, 'clip', None)
         adapter = getattr(backbone, 'adapter', None)
+        if adapter is not None and not hasattr(adapter, 'energy_drift'):
+            if not self._warned:
+                print_log(f'HypersphericalEnergyHook: {type(adapter).__name__} does not report '
+                          'energy drift (only HCLIPAdapter does); nothing to log.',
+                          logger='current')
+                self._warned = True
+            return None, None
         if clip is None or adapter is None:
             if not self._warned:
                 print_log(
