@@ -15,7 +15,8 @@ Eq. 16-17           :class:`DCRC`, :class:`RelationMLP`
 """
 from .adapter import (CAYLEY_CONVENTIONS, OFFICIAL_COMPAT, ORTHOGONAL, SIDE_PRESETS, TARGETS,
                       TRAIN_MODES, HCLIPAdapter, freeze_module)
-from .block_transforms import apply_block_diagonal, block_diagonal, cayley, skew
+from .block_transforms import (apply_block_diagonal, block_diagonal, cayley,
+                               layerwise_block_product, skew)
 from .clip_towers import TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS, RelationMLP
 from .energy import hyperspherical_energy, relative_energy_drift
@@ -25,8 +26,9 @@ from .tensor_products import (circ, dft_matrix, fold, mode_product, mode_solve, 
 __all__ = [
     'HCLIPAdapter', 'OFFICIAL_COMPAT', 'TARGETS', 'ORTHOGONAL', 'SIDE_PRESETS', 'TRAIN_MODES',
     'CAYLEY_CONVENTIONS', 'DCRC_VARIANTS', 'freeze_module', 'cayley', 'skew', 'block_diagonal',
-    'apply_block_diagonal', 'find_vit_towers', 'TowerSpec', 'DCRC', 'RelationMLP',
-    'hyperspherical_energy', 'relative_energy_drift', 'circ', 'unfold', 'fold', 't_product',
+    'apply_block_diagonal', 'layerwise_block_product', 'find_vit_towers', 'TowerSpec', 'DCRC',
+    'RelationMLP', 'hyperspherical_energy', 'relative_energy_drift', 'circ', 'unfold', 'fold',
+    't_product',
     't_product_dft', 'mode_product', 'mode_solve', 'slice_product', 'transform_product',
     'dft_matrix'
 ]

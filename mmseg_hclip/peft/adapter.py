@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor, nn
 
-from .block_transforms import SIDES, _no_autocast, cayley
+from .block_transforms import SIDES, _no_autocast, cayley, layerwise_block_product
 from .clip_towers import TOWERS, TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS
 from .energy import hyperspherical_energy, relative_energy_drift
@@ -72,10 +72,11 @@ class HCLIPAdapter(nn.Module):
     adapter parameters (``blocks.image``, ``blocks.text`` and ``dcrc.*``); the model is passed
     to every method that needs it.
 
-    Blocks are stored per tower as ``[M_t, b_t, q, q]`` (position-major, the layout of
-    :mod:`mmseg_hclip.peft.dcrc`): position ``m = layer · n_targets + target``. A free
-    (non-orthogonal) tower stores its blocks ``R`` (init ``I``), an orthogonal tower the raw
-    generators ``P`` (init 0) whose skew part is Cayley-mapped after DCRC. At init the adapted
+    Blocks are stored per tower as ``[M_t, b_t, q, q]`` (position-major, the memory layout of
+    the DCRC tensor in :mod:`mmseg_hclip.peft.dcrc`): position
+    ``m = layer · n_targets + target``. A free (non-orthogonal) tower stores its blocks ``R``
+    (init ``I``), an orthogonal tower the raw generators ``P`` (init 0) whose skew part is
+    Cayley-mapped after DCRC. At init the adapted
     model is therefore exactly the pretrained model, for every variant.
 
     Towers of different depth (e.g. ViT-L/14: 24 image and 12 text blocks) share the position
@@ -220,7 +221,8 @@ class HCLIPAdapter(nn.Module):
         return tuple(t for t in TARGETS if t in targets)
 
     @staticmethod
-    def _check_sides(sides: Union[str, Mapping[str, str]], targets: Tuple[str, ...]) -> Dict[str, str]:
+    def _check_sides(sides: Union[str, Mapping[str, str]],
+                     targets: Tuple[str, ...]) -> Dict[str, str]:
         if isinstance(sides, str):
             if sides not in SIDE_PRESETS:
                 raise ValueError(f'unknown sides={sides!r}; choose one of {sorted(SIDE_PRESETS)} '
@@ -258,24 +260,24 @@ class HCLIPAdapter(nn.Module):
         return self.towers[tower].num_layers == self.num_layers_max
 
     def _assemble(self, per_tower: Mapping[str, Tensor]) -> Tensor:
-        """Per-tower blocks ``[M_t, b_t, q, q]`` -> stored DCRC tensor ``[S, q, q, M]``."""
+        """Per-tower blocks ``[M_t, b_t, q, q]`` -> stored DCRC tensor ``[M, S, q, q]``."""
         parts = []
         for name in DCRC_TOWER_ORDER:
-            part = per_tower[name].permute(1, 2, 3, 0)  # [b, q, q, M_t]
+            part = per_tower[name]
             if not self._full_depth(name):
-                full = part.new_zeros(*part.shape[:3], self.num_positions)
-                part = full.index_copy(3, self._positions(name), part)
+                full = part.new_zeros(self.num_positions, *part.shape[1:])
+                part = full.index_copy(0, self._positions(name), part)
             parts.append(part)
-        return torch.cat(parts, dim=0)
+        return torch.cat(parts, dim=1)
 
     def _split(self, stored: Tensor) -> Dict[str, Tensor]:
-        """Stored DCRC tensor ``[S, q, q, M]`` -> per-tower blocks ``[M_t, b_t, q, q]`` (views)."""
+        """Stored DCRC tensor ``[M, S, q, q]`` -> per-tower blocks ``[M_t, b_t, q, q]`` (views)."""
         sizes = [self.towers[name].width // self.block_size for name in DCRC_TOWER_ORDER]
         out = {}
-        for name, part in zip(DCRC_TOWER_ORDER, stored.split(sizes, dim=0)):
+        for name, part in zip(DCRC_TOWER_ORDER, stored.split(sizes, dim=1)):
             if not self._full_depth(name):
-                part = part.index_select(3, self._positions(name))
-            out[name] = part.permute(3, 0, 1, 2)
+                part = part.index_select(0, self._positions(name))
+            out[name] = part
         return out
 
     def dcrc_tensor(self, mixed: bool = False) -> Tensor:
@@ -285,12 +287,12 @@ class HCLIPAdapter(nn.Module):
             mixed (bool): return ``T`` after DCRC (Eq. 16/17) instead of the raw parameters.
 
         Returns:
-            Tensor: ``[q, q, S, M]``, a permuted view of the stored ``[S, q, q, M]`` tensor.
+            Tensor: ``[q, q, S, M]``, a permuted view of the stored ``[M, S, q, q]`` tensor.
         """
         stored = self._assemble(dict(self.blocks.items()))
         if mixed and self.dcrc is not None:
             stored = self.dcrc(stored)
-        return stored.permute(1, 2, 0, 3)
+        return stored.permute(2, 3, 1, 0)
 
     def _mixed_blocks(self) -> Dict[str, Tensor]:
         raw = dict(self.blocks.items())
@@ -420,11 +422,15 @@ class HCLIPAdapter(nn.Module):
         qkv = [t for t in QKV if t in pos]
         if qkv:
             sides = {self.sides[t] for t in qkv}
-            if len(qkv) == 3 and len(sides) == 1:  # one bmm for q, k, v of every layer
+            if len(qkv) == 3 and len(sides) == 1:  # one product for q, k, v of every layer
                 side = sides.pop()
-                frozen = self._frozen_stack(clip, spec, 'in', side, dtype).flatten(0, 1)
-                r = blocks[:, pos['q']:pos['q'] + 3].flatten(0, 1)  # [3L, b, q, q]
-                new_in = self._block_product(frozen, r, side).view(L, 3 * d, d)
+                frozen = self._frozen_stack(clip, spec, 'in', side, dtype)
+                r = blocks[:, pos['q']:pos['q'] + 3]  # [L, 3, b, q, q]
+                if frozen.requires_grad:  # trainable CLIP weights: plain autograd
+                    new_in = self._block_product(frozen.flatten(0, 1), r.flatten(0, 1), side)
+                    new_in = new_in.view(L, 3 * d, d).unbind(0)
+                else:
+                    new_in = layerwise_block_product(frozen, r, side)
             else:
                 pieces = []
                 for i, t in enumerate(QKV):
@@ -434,13 +440,17 @@ class HCLIPAdapter(nn.Module):
                         pieces.append(self._block_product(frozen, blocks[:, pos[t]], side))
                     else:  # untargeted slice: the frozen rows themselves
                         pieces.append(frozen.reshape(L, d, d))
-                new_in = torch.stack(pieces, dim=1).view(L, 3 * d, d)
-            result.update(zip(spec.in_proj_names, new_in.unbind(0)))
+                new_in = torch.stack(pieces, dim=1).view(L, 3 * d, d).unbind(0)
+            result.update(zip(spec.in_proj_names, new_in))
         if 'out' in pos:
             side = self.sides['out']
-            frozen = self._frozen_stack(clip, spec, 'out', side, dtype)[:, 0]
-            new_out = self._block_product(frozen, blocks[:, pos['out']], side)
-            result.update(zip(spec.out_proj_names, new_out.unbind(0)))
+            frozen = self._frozen_stack(clip, spec, 'out', side, dtype)
+            r = blocks[:, pos['out']:pos['out'] + 1]  # [L, 1, b, q, q]
+            if frozen.requires_grad:
+                new_out = self._block_product(frozen[:, 0], r[:, 0], side).unbind(0)
+            else:
+                new_out = layerwise_block_product(frozen, r, side)
+            result.update(zip(spec.out_proj_names, new_out))
         return result
 
     def _check_towers_arg(self, towers: Union[str, Sequence[str]]) -> Tuple[str, ...]:

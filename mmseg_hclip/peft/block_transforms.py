@@ -14,11 +14,14 @@ Orthogonal blocks come from the Cayley map (Eq. 2), computed in fp32 (even under
 one batched ``torch.linalg.solve`` and no explicit inverse.
 """
 import contextlib
+from typing import Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['skew', 'cayley', 'block_diagonal', 'apply_block_diagonal', 'SIDES']
+__all__ = [
+    'skew', 'cayley', 'block_diagonal', 'apply_block_diagonal', 'layerwise_block_product', 'SIDES'
+]
 
 SIDES = ('input', 'output')
 
@@ -160,3 +163,107 @@ def apply_block_diagonal(weight: Tensor, blocks: Tensor, side: str = 'input') ->
         w = weight.reshape(*weight.shape[:-2], b, q, in_features)
         out = torch.einsum('...bij,...bjk->...bik', blocks, w)
     return out.reshape(weight.shape)
+
+
+def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype autocast would run a matrix product in, else ``dtype``."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
+class _LayerwiseBlockProduct(torch.autograd.Function):
+    """One batched product for all layers, returned and differentiated layer by layer.
+
+    Forward: a single ``bmm`` over every (layer, weight, block); the result is handed out as one
+    tensor per layer. Backward: each layer's weight gradient arrives separately; its block
+    gradient is computed by its own ``bmm`` straight into one preallocated buffer, so the L
+    weight gradients are never stacked into one big tensor (that copy cost as much as the
+    product itself on CPU). Autocast is honoured by hand: the product runs in the autocast dtype
+    of the caller and the block gradient is returned in the blocks' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, frozen: Tensor, blocks: Tensor, side: str):
+        L, n, b, q = blocks.shape[:4]
+        dtype = _compute_dtype(blocks.device, frozen.dtype)
+        ctx.side, ctx.blocks_dtype = side, blocks.dtype
+        with _no_autocast(blocks.device.type):
+            frozen_c = frozen.to(dtype)
+            blocks_c = blocks.to(dtype).reshape(L * n * b, q, q)
+            if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
+                d_out = frozen.shape[3]
+                out = torch.bmm(frozen_c.reshape(L * n * b, d_out, q), blocks_c)
+                out = out.view(L, n, b, d_out, q)
+                weights = tuple(out[l].transpose(1, 2).reshape(n * d_out, b * q)
+                                for l in range(L))
+            else:  # W'[block i, :] = R_i @ W[block i, :]
+                d_in = frozen.shape[4]
+                out = torch.bmm(blocks_c, frozen_c.reshape(L * n * b, q, d_in))
+                weights = tuple(out.view(L, n * b * q, d_in).unbind(0))
+        ctx.save_for_backward(frozen_c)
+        ctx.shape = (L, n, b, q)
+        return weights
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (frozen, ) = ctx.saved_tensors
+        L, n, b, q = ctx.shape
+        if frozen.is_cuda and all(g is not None for g in grads):
+            # on a GPU the stacking copy is cheap and one launch beats L of them
+            grad = torch.stack(grads).to(frozen.dtype)
+            grad_blocks = _block_grad(frozen.flatten(0, 1), grad.view(L * n, -1, grad.shape[-1]),
+                                      b, q, ctx.side)
+            return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None
+        grad_blocks = frozen.new_zeros(L, n * b, q, q)
+        for l, grad in enumerate(grads):
+            if grad is not None:
+                _block_grad(frozen[l], grad.to(frozen.dtype).view(n, -1, grad.shape[-1]), b, q,
+                            ctx.side, out=grad_blocks[l])
+        return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None
+
+
+def _block_grad(frozen: Tensor, grad: Tensor, b: int, q: int, side: str, out=None) -> Tensor:
+    """Gradient of the blocks of ``N`` weights from the gradient of the transformed weights.
+
+    Args:
+        frozen (Tensor): ``[N, b, d_out, q]`` (input side) or ``[N, b, q, d_in]`` (output side).
+        grad (Tensor): ``[N, d_out, d_in]``, gradient of ``W'``.
+        b (int): blocks per weight.
+        q (int): block size.
+        side (str): 'input' or 'output'.
+        out (Tensor | None): ``[N · b, q, q]`` buffer to write into.
+
+    Returns:
+        Tensor: ``[N · b, q, q]``.
+    """
+    N, d_out, d_in = grad.shape
+    if side == 'input':  # dR_i = W[:, block i]^T @ dW'[:, block i]
+        g = grad.view(N, d_out, b, q).transpose(1, 2).reshape(N * b, d_out, q)
+        return torch.bmm(frozen.reshape(N * b, d_out, q).transpose(1, 2), g, out=out)
+    # output side: dR_i = dW'[block i, :] @ W[block i, :]^T
+    w = frozen.reshape(N * b, q, d_in).transpose(1, 2)
+    return torch.bmm(grad.reshape(N * b, q, d_in), w, out=out)
+
+
+def layerwise_block_product(frozen: Tensor, blocks: Tensor, side: str) -> Tuple[Tensor, ...]:
+    """Transform the weights of every layer with their block-diagonal matrices (Eq. 4-5).
+
+    Args:
+        frozen (Tensor): the frozen weights of ``L`` layers, ``n`` weights each (e.g. q, k, v),
+            laid out in blocks: ``[L, n, b, d_out, q]`` for ``side='input'`` (the q-column
+            blocks of each ``W [d_out, b·q]``) or ``[L, n, b, q, d_in]`` for ``side='output'``
+            (the q-row blocks of each ``W [b·q, d_in]``). Must not require grad.
+        blocks (Tensor): ``[L, n, b, q, q]``.
+        side (str): 'input' (``W · B``) or 'output' (``B · W``).
+
+    Returns:
+        tuple[Tensor, ...]: ``L`` tensors ``[n · d_out, d_in]``: the ``n`` transformed weights of
+        each layer stacked along rows (the layout of a packed ``in_proj_weight``).
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if frozen.requires_grad:
+        raise ValueError('layerwise_block_product differentiates the blocks only; the frozen '
+                         'weights must not require grad')
+    return _LayerwiseBlockProduct.apply(frozen, blocks, side)

@@ -12,11 +12,13 @@ over the ``M = n_targets · L`` (target, layer) positions, layer-major
   initialised ``S3 ∈ R^{S×S}`` and ``S4 ∈ R^{M×M}``; optionally one ``S3`` per layer index
   (the released code's twelve 10×10 maps), applied before ``S4``.
 
-Memory layout: the mathematical tensor ``T[i, j, s, m]`` is stored as ``[S, q, q, M]``
-(``stored[s, i, j, m] = T[i, j, s, m]``): mode 3 is the outermost and mode 4 the innermost
-dimension, so both mode products are single matrix products without copies:
-``T ×_3 S3 = S3 @ T.view(S, q·q·M)`` and ``T ×_4 S4 = T.view(S·q·q, M) @ S4^T``.
-:meth:`HCLIPAdapter.dcrc_tensor` returns the ``q×q×S×M`` view.
+Memory layout: the mathematical tensor ``T[i, j, s, m]`` is stored as ``[M, S, q, q]``
+(``stored[m, s] = T[:, :, s, m]``, one contiguous q×q block per entry, the layout the Cayley
+solve and the weight products need). Both mode products are copy-free matrix products on it:
+``T ×_4 S4 = S4 @ T.view(M, S·q·q)`` (one ``mm``) and ``T ×_3 S3`` is one ``bmm`` of ``S3``
+(broadcast over the M positions) with ``T.view(M, S, q·q)``; their backward passes are copy-free
+too (an earlier ``[S, q, q, M]`` layout needed cache-hostile transposes of the whole tensor to
+reach the blocks). :meth:`HCLIPAdapter.dcrc_tensor` returns the ``q×q×S×M`` view.
 """
 import math
 from typing import Optional
@@ -38,25 +40,27 @@ _ACTIVATIONS = {
 
 
 def _mix(weight: Tensor, x: Tensor, mode: int) -> Tensor:
-    """``x ×_mode weight`` on the stored layout ``x [S, q·q, M]`` (paper modes 3 and 4).
+    """``x ×_mode weight`` on the stored layout ``x [M, S, q·q]`` (paper modes 3 and 4).
 
     Args:
         weight (Tensor): ``[new, old]``, or ``[G, new, old]`` for mode 3 with one matrix per
             group of ``M / G`` consecutive positions.
-        x (Tensor): ``[S, q·q, M]``.
+        x (Tensor): ``[M, S, q·q]``.
         mode (int): 3 or 4 (paper numbering).
 
     Returns:
-        Tensor: ``[new, q·q, M]`` (mode 3) or ``[S, q·q, new]`` (mode 4).
+        Tensor: ``[M, new, q·q]`` (mode 3) or ``[new, S, q·q]`` (mode 4).
     """
-    s, qq, m = x.shape
+    m, s, qq = x.shape
     if mode == 4:
-        return (x.reshape(s * qq, m) @ weight.t()).reshape(s, qq, weight.shape[0])
+        return (weight @ x.reshape(m, s * qq)).reshape(weight.shape[0], s, qq)
     if weight.dim() == 3:  # one mode-3 map per group of positions (per layer index)
         groups = weight.shape[0]
-        out = torch.einsum('gts,skgn->tkgn', weight, x.reshape(s, qq, groups, m // groups))
-        return out.reshape(weight.shape[1], qq, m)
-    return (weight @ x.reshape(s, qq * m)).reshape(weight.shape[0], qq, m)
+        weight = weight[:, None].expand(groups, m // groups, *weight.shape[1:])
+    else:
+        weight = weight.expand(m, *weight.shape)
+    # an explicit bmm: torch.matmul would fold [S', S] @ [M, S, qq] through transposed copies
+    return torch.bmm(weight.reshape(m, *weight.shape[-2:]), x)
 
 
 class RelationMLP(nn.Module):
@@ -90,7 +94,7 @@ class RelationMLP(nn.Module):
         """Apply ``f_n`` (Eq. 17).
 
         Args:
-            x (Tensor): stored-layout tensor ``[S, q·q, M]``.
+            x (Tensor): stored-layout tensor ``[M, S, q·q]``.
 
         Returns:
             Tensor: same shape as ``x``.
@@ -152,23 +156,23 @@ class DCRC(nn.Module):
         """Mix the block tensor once.
 
         Args:
-            blocks (Tensor): stored layout ``[S, q, q, M]`` of ``T ∈ R^{q×q×S×M}``.
+            blocks (Tensor): stored layout ``[M, S, q, q]`` of ``T ∈ R^{q×q×S×M}``.
 
         Returns:
             Tensor: the communicated tensor, same shape. 'mlp': ``T + α ⊙ f4(f3(T))``;
             'linear': ``T ×_3 S3 ×_4 S4``.
         """
-        S, q, _, M = blocks.shape
+        M, S, q, _ = blocks.shape
         if (M, S) != (self.num_positions, self.num_slices):
             raise ValueError(f'DCRC built for M={self.num_positions}, S={self.num_slices}; got a '
-                             f'block tensor [S={S}, {q}, {q}, M={M}]')
-        x = blocks.reshape(S, q * q, M)
+                             f'block tensor [M={M}, S={S}, {q}, {q}]')
+        x = blocks.reshape(M, S, q * q)
         if self.variant == 'mlp':
             mixed = self.f4(self.f3(x))  # T_w, Eq. 17
-            out = torch.addcmul(x, self.alpha.unsqueeze(1), mixed)  # T + α ⊙ T_w
+            out = torch.addcmul(x, self.alpha.t().unsqueeze(-1), mixed)  # T + α ⊙ T_w
         else:
             out = _mix(self.s4, _mix(self.s3, x, 3), 4)  # T ×3 S3 ×4 S4, Eq. 16
-        return out.reshape(S, q, q, M)
+        return out.reshape(M, S, q, q)
 
     def extra_repr(self) -> str:
         return f'variant={self.variant}, S={self.num_slices}, M={self.num_positions}'

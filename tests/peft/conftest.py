@@ -20,3 +20,11 @@ def clip(base_clip):
 def inputs(base_clip):
     return random_inputs(base_clip, batch_size=2, num_texts=3)
 
+
+
+@pytest.fixture(autouse=True)
+def _skip_slow_unless_selected(request):
+    """Real-size tests (``@pytest.mark.slow``) run only when asked for with ``-m slow``."""
+    if request.node.get_closest_marker('slow') and 'slow' not in request.config.getoption(
+            'markexpr', ''):
+        pytest.skip('real-size test: run with `pytest -m slow`')

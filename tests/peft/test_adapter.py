@@ -326,3 +326,41 @@ def test_non_vit_models_are_rejected():
         HCLIPAdapter(resnet_clip, block_size=32)
     with pytest.raises(ValueError, match='ViT image tower'):
         HCLIPAdapter(torch.nn.Linear(4, 4), block_size=2)
+
+
+def test_state_dict_round_trip(base_clip, inputs):
+    adapter = randomize(HCLIPAdapter(base_clip, block_size=Q, **OFFICIAL_COMPAT))
+    clone = HCLIPAdapter(base_clip, block_size=Q, **OFFICIAL_COMPAT)
+    clone.load_state_dict(adapter.state_dict())
+    for name, w in adapter(base_clip).items():
+        assert torch.equal(w, clone(base_clip)[name])
+
+
+def test_frozen_cache_follows_weight_changes(clip, inputs):
+    adapter = randomize(HCLIPAdapter(clip, block_size=Q, dcrc='off'))
+    before = _features(clip, inputs, adapter(clip))
+    assert adapter._frozen_cache  # built by the first call
+    with torch.no_grad():  # e.g. loading another checkpoint into the CLIP
+        for p in clip.parameters():
+            p.mul_(1.5)
+    after = _features(clip, inputs, adapter(clip))
+    reference = _features(_reference_model(clip, adapter), inputs)
+    assert _max_diff(after, reference) <= 1e-4
+    assert _max_diff(after, before) > 1e-3
+
+
+def test_gradients_equal_plain_autograd(base_clip, inputs):
+    """The layer-wise custom backward gives the gradients of plain autograd."""
+    grads = []
+    for freeze in (True, False):
+        clip = copy.deepcopy(base_clip).requires_grad_(True)
+        adapter = randomize(HCLIPAdapter(clip, block_size=Q, freeze_clip=freeze), seed=5)
+        torch.manual_seed(0)
+        adapter.dcrc.f3.reset_parameters(), adapter.dcrc.f4.reset_parameters()
+        image_f, text_f = _features(clip, inputs, adapter(clip))
+        (image_f @ text_f.T).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in adapter.named_parameters()})
+        if not freeze:  # the plain path also reached the CLIP weights
+            assert clip.visual.transformer.resblocks[0].attn.in_proj_weight.grad is not None
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4)

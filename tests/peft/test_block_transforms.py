@@ -86,3 +86,36 @@ def test_cayley_gradient():
     eye = torch.eye(5, dtype=torch.float64)
     (expected, ) = torch.autograd.grad((((eye + Q) @ torch.linalg.inv(eye - Q)) * G).sum(), P)
     torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize('side', ['input', 'output'])
+def test_layerwise_block_product_values_and_gradients(side):
+    from mmseg_hclip.peft import layerwise_block_product
+    g = torch.Generator().manual_seed(3)
+    L, n, b, q, d = 3, 2, 2, 4, 8
+    W = torch.randn(L, n, d, d, generator=g)
+    if side == 'input':
+        frozen = W.view(L, n, d, b, q).permute(0, 1, 3, 2, 4).contiguous()
+    else:
+        frozen = W.view(L, n, b, q, d)
+    blocks = torch.randn(L, n, b, q, q, generator=g, requires_grad=True)
+    outs = layerwise_block_product(frozen, blocks, side)
+    expected = apply_block_diagonal(W, blocks, side).reshape(L, n * d, d)
+    assert len(outs) == L
+    for out, exp in zip(outs, expected):
+        torch.testing.assert_close(out, exp)
+    grads = [torch.randn(n * d, d, generator=g) for _ in range(L)]
+    (got, ) = torch.autograd.grad(outs, blocks, grads, retain_graph=True)
+    (ref, ) = torch.autograd.grad(list(expected), blocks, grads)
+    torch.testing.assert_close(got, ref)
+    # a layer whose weight gets no gradient contributes none
+    (partial, ) = torch.autograd.grad(outs[1:], blocks, grads[1:])
+    assert torch.count_nonzero(partial[0]) == 0
+    torch.testing.assert_close(partial[1:], ref[1:])
+    # bf16 autocast: the product runs in bf16, the block gradient comes back in fp32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = layerwise_block_product(frozen, blocks, side)
+    assert outs[0].dtype == torch.bfloat16
+    (grad16, ) = torch.autograd.grad(outs, blocks, [g.bfloat16() for g in grads])
+    assert grad16.dtype == torch.float32
+    torch.testing.assert_close(grad16, ref, atol=0.2, rtol=0.05)

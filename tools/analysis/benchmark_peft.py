@@ -47,6 +47,7 @@ def parse_args(argv=None):
     parser.add_argument('--model', default='ViT-B-16', help='open_clip architecture name')
     parser.add_argument('--image-size', type=int, default=384)
     parser.add_argument('--prompts', type=int, default=32, help='class prompts (77 tokens)')
+    parser.add_argument('--batch', type=int, default=1, help='images per step')
     parser.add_argument('--block-size', type=int, default=128)
     parser.add_argument('--variants', nargs='+', default=['paper'], choices=sorted(VARIANTS))
     parser.add_argument('--repeats', type=int, default=3, help='timed steps per setup')
@@ -70,7 +71,7 @@ def build_clip(args):
 
 def make_inputs(args, model):
     g = torch.Generator().manual_seed(0)
-    image = torch.randn(1, 3, args.image_size, args.image_size, generator=g)
+    image = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=g)
     tokens = torch.randint(1, model.vocab_size - 1, (args.prompts, model.context_length),
                            generator=g)
     tokens[:, -1] = model.vocab_size - 1  # an end-of-text token at the last position
@@ -78,8 +79,9 @@ def make_inputs(args, model):
 
 
 def clip_loss(image_features, text_features):
-    logits = 100.0 * image_features @ text_features.t()  # [1, prompts]
-    return F.cross_entropy(logits, torch.zeros(1, dtype=torch.long, device=logits.device))
+    logits = 100.0 * image_features @ text_features.t()  # [batch, prompts]
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target)
 
 
 def plain_setup(model, image, tokens) -> Callable[[], None]:
@@ -118,6 +120,19 @@ def adapted_setup(model, adapter, image, tokens) -> Callable[[], None]:
     step.persistent = lambda: (sum(p.numel() * p.element_size() for p in adapter.parameters()) +
                                sum(t.numel() * t.element_size()
                                    for _, t in adapter._frozen_cache.values()))
+    return step
+
+
+def parametrisation_setup(model, adapter) -> Callable[[], None]:
+    """The adapter alone: DCRC + Cayley + transformed weights, and their backward."""
+    weights = adapter(model)
+    grads = {name: torch.randn_like(w) for name, w in weights.items()}
+
+    def step():
+        weights = adapter(model)
+        torch.autograd.backward(list(weights.values()), [grads[n] for n in weights])
+
+    step.zero_grad = lambda: adapter.zero_grad(set_to_none=True)
     return step
 
 
@@ -199,18 +214,24 @@ def main(argv=None):
 
     print(f'timing {len(steps)} training setups x {args.repeats} steps ...', flush=True)
     step_times = interleaved_times(steps, args.repeats, args.warmup, args.device)
+    param_times = interleaved_times(
+        {f'H-CLIP {v}': parametrisation_setup(*adapters[v]) for v in args.variants},
+        args.repeats, 1, args.device)
     memory = {}
     if not args.no_memory:
         for name, fn in steps.items():
             memory[name] = peak_memory(fn, args.device)
 
-    # inference: merged adapter (perturbed, so merging changes the weights) vs plain open_clip
+    # inference: merged adapter (perturbed, so merging changes the weights) vs plain open_clip;
+    # the merged weights are also loaded into a fresh open_clip model, which must cost the same
     variant = args.variants[0]
     merged_model, merged_adapter = adapters[variant]
     perturb_adapter(merged_adapter, scale=0.1)
     merged_adapter.merge(merged_model)
-    plain_eval = copy.deepcopy(base).eval()
     merged_model.eval()
+    plain_eval = copy.deepcopy(base).eval().requires_grad_(False)
+    fresh = copy.deepcopy(base).eval().requires_grad_(False)
+    fresh.load_state_dict(merged_model.state_dict())
 
     def infer(model):
         def run():
@@ -220,18 +241,21 @@ def main(argv=None):
 
     print('timing inference ...', flush=True)
     infer_times = interleaved_times(
-        {'plain open_clip': infer(plain_eval), f'merged H-CLIP {variant}': infer(merged_model)},
-        args.infer_repeats, 1, args.device)
+        {
+            'plain open_clip': infer(plain_eval),
+            f'merged H-CLIP {variant}': infer(merged_model),
+            'merged weights in a fresh open_clip': infer(fresh),
+        }, args.infer_repeats, 1, args.device)
 
     result = dict(
         command='python ' + ' '.join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
-        model=args.model, image_size=args.image_size, prompts=args.prompts,
+        model=args.model, image_size=args.image_size, prompts=args.prompts, batch=args.batch,
         block_size=args.block_size, device=args.device, threads=torch.get_num_threads(),
         torch=torch.__version__, platform=platform.platform(),
         processor=(torch.cuda.get_device_name() if args.device.startswith('cuda') else _cpu_name()),
         step_times=step_times, step_trainable={n: f.num_trainable for n, f in steps.items()},
         persistent={n: f.persistent() for n, f in steps.items()},
-        peak_memory=memory, infer_times=infer_times)
+        peak_memory=memory, infer_times=infer_times, parametrisation_times=param_times)
     report = render(result)
     print(report)
     if args.out:
@@ -261,7 +285,7 @@ def render(r) -> str:
     lines = [
         '# Benchmark: H-CLIP adapter vs plain fine-tuning', '',
         f"Produced by `{r['command']}` (numbers below are from that one run).", '',
-        f"- model: {r['model']} (random weights), image {r['image_size']}², "
+        f"- model: {r['model']} (random weights), {r['batch']} image(s) of {r['image_size']}², "
         f"{r['prompts']} prompts × 77 tokens, q = {r['block_size']}",
         f"- device: {r['device']} ({r['processor']}), torch {r['torch']}, "
         f"{r['threads']} intra-op threads", '',
@@ -278,6 +302,17 @@ def render(r) -> str:
         lines.append(f"| {name} | {r['step_trainable'][name]:,} | {med[name]:.3f} | "
                      f"{', '.join(f'{t:.2f}' for t in times)} | {med[name] / base:.3f} | "
                      f"{mem_txt} | {mem_ratio} | {r['persistent'][name] / 2**20:.0f} |")
+    lines += [
+        '', '### The parametrisation alone', '',
+        'Adapter forward (DCRC, Cayley, all transformed weights) plus its backward from given '
+        'weight gradients, timed in the same run; the share of the plain step it represents is '
+        'the overhead H-CLIP cannot avoid.', '',
+        '| setup | median (s) | all (s) | share of the plain step |', '| --- | ---: | --- | ---: |'
+    ]
+    for name, times in r['parametrisation_times'].items():
+        m = statistics.median(times)
+        lines.append(f"| {name} | {m:.3f} | {', '.join(f'{t:.2f}' for t in times)} | "
+                     f'{m / base:.3f} |')
     inf = {n: statistics.median(t) for n, t in r['infer_times'].items()}
     names = list(inf)
     lines += [

@@ -75,7 +75,8 @@ def model_section(name, block_sizes):
                 f"{c['text']['stored']:,} | {blocks_stored:,} ({m(blocks_stored)}) | "
                 f"{blocks_eff:,} ({m(blocks_eff)}) | {c['total']['stored']:,} "
                 f"({m(c['total']['stored'])}) | {c['total']['effective']:,} "
-                f"({m(c['total']['effective'])}) | {100 * c['total']['stored'] / total_clip:.2f}% |")
+                f"({m(c['total']['effective'])}) | "
+                f"{100 * c['total']['stored'] / total_clip:.2f}% |")
     lines += [
         '', '### DCRC relation maps', '',
         '| q | S × M | ' + ' | '.join(label for _, label, _ in DCRC) + ' |',
