@@ -172,6 +172,10 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+#: devices on which the block gradient of all layers is one stacked ``bmm`` (else layer by layer)
+_STACKED_BACKWARD_DEVICES = ('cuda', )
+
+
 class _LayerwiseBlockProduct(torch.autograd.Function):
     """One batched product for all layers, returned and differentiated layer by layer.
 
@@ -209,7 +213,7 @@ class _LayerwiseBlockProduct(torch.autograd.Function):
     def backward(ctx, *grads):
         (frozen, ) = ctx.saved_tensors
         L, n, b, q = ctx.shape
-        if frozen.is_cuda and all(g is not None for g in grads):
+        if frozen.device.type in _STACKED_BACKWARD_DEVICES and all(g is not None for g in grads):
             # on a GPU the stacking copy is cheap and one launch beats L of them
             grad = torch.stack(grads).to(frozen.dtype)
             grad_blocks = _block_grad(frozen.flatten(0, 1), grad.view(L * n, -1, grad.shape[-1]),

@@ -88,8 +88,12 @@ def test_cayley_gradient():
     torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.parametrize('stacked', [False, True])
 @pytest.mark.parametrize('side', ['input', 'output'])
-def test_layerwise_block_product_values_and_gradients(side):
+def test_layerwise_block_product_values_and_gradients(side, stacked, monkeypatch):
+    if stacked:  # the GPU code path (one stacked bmm in backward), exercised on CPU
+        monkeypatch.setattr('mmseg_hclip.peft.block_transforms._STACKED_BACKWARD_DEVICES',
+                            ('cpu', 'cuda'))
     from mmseg_hclip.peft import layerwise_block_product
     g = torch.Generator().manual_seed(3)
     L, n, b, q, d = 3, 2, 2, 4, 8
