@@ -52,3 +52,25 @@ def test_registrations():
                if reg.get(name) is None]
     assert not missing, f'not registered: {missing}'
     assert METRICS.get('IoUMetric') is not None
+
+
+def test_package_imports_without_the_mmseg_stack():
+    """Where mmseg/mmengine/mmcv are not installed, mmseg_hclip.peft still works."""
+    import subprocess
+    import sys
+    code = '''
+import sys, warnings
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("mmseg", "mmengine", "mmcv", "mmpretrain"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import mmseg_hclip
+from mmseg_hclip.peft import HCLIPAdapter, cayley
+assert any("only mmseg_hclip.peft is available" in str(w.message) for w in caught), caught
+assert not hasattr(mmseg_hclip, "models")
+'''
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
