@@ -20,10 +20,12 @@ from .block_transforms import (apply_block_diagonal, block_diagonal, cayley,
 from .clip_towers import TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS, RelationMLP
 from .energy import hyperspherical_energy, relative_energy_drift
+from .merging import MergeableAdapterMixin
 from .tensor_products import (circ, dft_matrix, fold, mode_product, mode_solve, slice_product,
                               t_product, t_product_dft, transform_product, unfold)
 
 __all__ = [
+    'MergeableAdapterMixin',
     'HCLIPAdapter', 'OFFICIAL_COMPAT', 'TARGETS', 'ORTHOGONAL', 'SIDE_PRESETS', 'TRAIN_MODES',
     'CAYLEY_CONVENTIONS', 'DCRC_VARIANTS', 'freeze_module', 'cayley', 'skew', 'block_diagonal',
     'apply_block_diagonal', 'layerwise_block_product', 'find_vit_towers', 'TowerSpec', 'DCRC',

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .block_transforms import SIDES, _no_autocast, cayley, layerwise_block_product
+from .merging import MergeableAdapterMixin
 from .clip_towers import TOWERS, TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS
 from .energy import hyperspherical_energy, relative_energy_drift
@@ -65,7 +66,7 @@ def _suggest_block_sizes(widths: Sequence[int], q: int, count: int = 3) -> List[
     return sorted(ranked[:count])
 
 
-class HCLIPAdapter(nn.Module):
+class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
     """POF + DCRC parameters for an open_clip ViT CLIP and the weights they produce.
 
     The adapter does NOT register ``clip`` as a submodule: its ``state_dict`` holds only the
@@ -201,8 +202,7 @@ class HCLIPAdapter(nn.Module):
 
         self.cache_frozen = cache_frozen
         self._frozen_cache: Dict[Tuple[str, str, str], Tuple[tuple, Tensor]] = {}
-        self._merged = False
-        self._originals: Optional[Dict[str, Tensor]] = None
+        self._init_merge_state()
         self._energy_cache: Dict[Tuple[str, str], Tuple[int, int, Tensor]] = {}
 
     # ------------------------------------------------------------------ checks
@@ -492,62 +492,7 @@ class HCLIPAdapter(nn.Module):
         return weights
 
     # ------------------------------------------------------------------ merge
-    @property
-    def merged(self) -> bool:
-        """Whether the transforms are currently folded into the model's weights."""
-        return self._merged
-
-    @torch.no_grad()
-    def merge(self, clip: nn.Module, keep_original: bool = True) -> None:
-        """Fold the transforms into ``clip``'s weights in place (zero-overhead inference).
-
-        The transformed weights are computed in fp32 with autocast off, checked to be finite
-        and only then written; afterwards ``clip`` is a plain open_clip model and
-        :meth:`forward` returns ``{}``.
-
-        Args:
-            clip (nn.Module): the CLIP the adapter was built for.
-            keep_original (bool): keep a copy of the replaced weights so :meth:`unmerge`
-                restores them bit-exactly (costs their memory: 4·d²·L per tower).
-
-        Raises:
-            RuntimeError: already merged.
-            ValueError: a transformed weight is not finite (``clip`` is left unchanged).
-        """
-        if self._merged:
-            raise RuntimeError('the adapter is already merged into this model; call '
-                               'unmerge(clip) first')
-        device = next(iter(self.blocks.values())).device
-        with _no_autocast(device.type):
-            weights = self.forward(clip, dtype=torch.float32)
-        bad = [name for name, w in weights.items() if not torch.isfinite(w).all()]
-        if bad:
-            raise ValueError(f'merge refused: {len(bad)} transformed weight(s) are not finite '
-                             f'(first: {bad[0]}); the adapter parameters hold inf/NaN. The model '
-                             'was left unchanged.')
-        params = {name: clip.get_parameter(name) for name in weights}
-        self._originals = ({name: p.detach().clone() for name, p in params.items()}
-                           if keep_original else None)
-        for name, weight in weights.items():
-            params[name].copy_(weight.to(params[name].dtype))
-        self._merged = True
-
-    @torch.no_grad()
-    def unmerge(self, clip: nn.Module) -> None:
-        """Restore the weights replaced by :meth:`merge`, bit-exactly.
-
-        Raises:
-            RuntimeError: not merged, or merged with ``keep_original=False``.
-        """
-        if not self._merged:
-            raise RuntimeError('the adapter is not merged; nothing to unmerge')
-        if self._originals is None:
-            raise RuntimeError('merged with keep_original=False: the pretrained weights were '
-                               'not kept; reload them from the checkpoint instead')
-        for name, weight in self._originals.items():
-            clip.get_parameter(name).copy_(weight)
-        self._originals = None
-        self._merged = False
+    # merged / merge / unmerge: MergeableAdapterMixin (merging.py)
 
     # ------------------------------------------------------------------ energy
     def _reference_energy(self, key: Tuple[str, str], weight: Tensor, **kwargs) -> Tensor:

@@ -17,7 +17,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from mmseg_hclip.peft import TARGETS, TowerSpec, find_vit_towers, freeze_module
+from mmseg_hclip.peft import (TARGETS, MergeableAdapterMixin, TowerSpec, find_vit_towers,
+                              freeze_module)
 
 __all__ = ['AttentionWeightAdapter', 'TOWERS', 'QKV']
 
@@ -25,7 +26,7 @@ TOWERS = ('image', 'text')
 QKV = ('q', 'k', 'v')
 
 
-class AttentionWeightAdapter(nn.Module):
+class AttentionWeightAdapter(MergeableAdapterMixin, nn.Module):
     """Base class: new ``attn.in_proj_weight`` / ``attn.out_proj.weight`` (and biases) of both
     towers of an open_clip ViT CLIP.
 
@@ -53,8 +54,7 @@ class AttentionWeightAdapter(nn.Module):
         self.towers: Dict[str, TowerSpec] = {'image': image, 'text': text}
         if freeze_clip:
             freeze_module(clip)
-        self._merged = False
-        self._originals: Optional[Dict[str, Tensor]] = None
+        self._init_merge_state()
 
     @staticmethod
     def _check_names(what: str, values: Union[str, Sequence[str]],
@@ -117,58 +117,7 @@ class AttentionWeightAdapter(nn.Module):
                 weights.update(self._tower_weights(clip, spec, dtype))
         return weights
 
-    @property
-    def merged(self) -> bool:
-        """Whether the new weights are currently folded into the model's weights."""
-        return self._merged
-
-    @torch.no_grad()
-    def merge(self, clip: nn.Module, keep_original: bool = True) -> None:
-        """Write the new weights into ``clip`` in place (zero-overhead inference).
-
-        Computed in fp32, checked to be finite and only then written.
-
-        Args:
-            clip (nn.Module): the CLIP the adapter was built for.
-            keep_original (bool): keep the replaced weights so :meth:`unmerge` restores them
-                bit-exactly.
-
-        Raises:
-            RuntimeError: already merged.
-            ValueError: a new weight is not finite (``clip`` is left unchanged).
-        """
-        if self._merged:
-            raise RuntimeError('the adapter is already merged into this model; call '
-                               'unmerge(clip) first')
-        weights = self.forward(clip, dtype=torch.float32)
-        bad = [name for name, w in weights.items() if not torch.isfinite(w).all()]
-        if bad:
-            raise ValueError(f'merge refused: {len(bad)} new weight(s) are not finite (first: '
-                             f'{bad[0]}); the adapter parameters hold inf/NaN. The model was '
-                             'left unchanged.')
-        params = dict(zip(weights, self._params(clip, list(weights))))
-        self._originals = ({n: p.detach().clone() for n, p in params.items()}
-                           if keep_original else None)
-        for name, weight in weights.items():
-            params[name].copy_(weight.to(params[name].dtype))
-        self._merged = True
-
-    @torch.no_grad()
-    def unmerge(self, clip: nn.Module) -> None:
-        """Restore the weights replaced by :meth:`merge`, bit-exactly.
-
-        Raises:
-            RuntimeError: not merged, or merged with ``keep_original=False``.
-        """
-        if not self._merged:
-            raise RuntimeError('the adapter is not merged; nothing to unmerge')
-        if self._originals is None:
-            raise RuntimeError('merged with keep_original=False: the pretrained weights were '
-                               'not kept; reload them from the checkpoint instead')
-        for name, weight in self._originals.items():
-            clip.get_parameter(name).copy_(weight)
-        self._originals = None
-        self._merged = False
+    # merged / merge / unmerge: mmseg_hclip.peft.MergeableAdapterMixin
 
     def parameter_counts(self) -> Dict[str, Dict[str, int]]:
         """Stored / trainable / effective parameters per tower and in total.
