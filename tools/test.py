@@ -15,12 +15,13 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.model import is_model_wrapper  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmseg_hclip.apis.inference import is_merged_checkpoint  # noqa: E402
-from mmseg_hclip.utils import (check_cfg_options, load_checkpoint_safely,  # noqa: E402
-                               setup_runtime)
+from mmseg_hclip.apis.inference import (check_state_dict, is_merged_checkpoint,  # noqa: E402
+                                        read_checkpoint)
+from mmseg_hclip.utils import check_cfg_options, setup_runtime  # noqa: E402
 
 
 def parse_args():
@@ -93,7 +94,7 @@ def adapt_model_to_checkpoint(cfg, checkpoint):
     if not backbone or backbone.get('type') != 'HCLIPBackbone':
         return
     backbone['pretrained'] = None
-    meta = load_checkpoint_safely(checkpoint, map_location='cpu', mmap=True).get('meta') or {}
+    _, meta = read_checkpoint(checkpoint, mmap=True)
     if is_merged_checkpoint(meta):
         backbone['adapter'] = None
 
@@ -131,6 +132,10 @@ def main():
 
     setup_runtime(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    # mmengine loads non-strictly (a checkpoint of another model only warns): require a fit.
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_state_dict(model, read_checkpoint(args.checkpoint, mmap=True)[0],
+                     source=f'checkpoint {args.checkpoint}', target=f'the model of {args.config}')
     runner.test()
 
 

@@ -70,8 +70,9 @@ def resolve_device(device: Union[str, torch.device, None]) -> str:
 
 
 # --------------------------------------------------------------------- checkpoints
-def read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], dict]:
-    """Load a checkpoint safely (``weights_only``) on the CPU.
+def read_checkpoint(checkpoint: str,
+                    mmap: bool = False) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Load a checkpoint safely (``weights_only``) on the CPU (memory-mapped if ``mmap``).
 
     Accepts an mmengine checkpoint (``{'state_dict': ..., 'meta': ...}``) or a bare state
     dict; a DDP ``module.`` prefix is removed.
@@ -87,7 +88,7 @@ def read_checkpoint(checkpoint: str) -> Tuple[Dict[str, torch.Tensor], dict]:
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist; pass the .pth file '
                                 'written by tools/train.py (or tools/merge_weights.py).')
-    ckpt = load_checkpoint_safely(path, map_location='cpu')
+    ckpt = load_checkpoint_safely(path, map_location='cpu', mmap=mmap)
     if not isinstance(ckpt, dict):
         raise ValueError(f'checkpoint {checkpoint!r} holds a {type(ckpt).__name__}, not a '
                          'state dict or an mmengine checkpoint dict.')

@@ -81,3 +81,16 @@ def test_refuses_unsafe_checkpoint(tiny_setup):
     assert 'refused to load checkpoint' in out and 'evil.pth' in out, out[-3000:]
     assert 'system' in out  # torch names the offending global
     assert not marker.exists(), 'the pickled payload was executed'
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_setup):
+    """mmengine loads non-strictly; tools/test.py lists what does not fit instead."""
+    tmp, cfg = tiny_setup
+    other = tmp / 'other.pth'
+    torch.save({'meta': {}, 'state_dict': {'backbone.stem.0.weight': torch.zeros(3, 3, 3, 3),
+                                           'neck.foo': torch.zeros(1)}}, str(other))
+    proc = run_tool(['tools/test.py', str(cfg), str(other), '--work-dir', str(tmp / 'other')])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'does not fit' in out and 'unexpected key(s)' in out and 'neck.foo' in out, out[-3000:]
+    assert 'shape mismatch' in out and 'backbone.stem.0.weight' in out, out[-3000:]
