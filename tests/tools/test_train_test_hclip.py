@@ -1,15 +1,13 @@
 """End to end: tools/train.py trains the tiny H-CLIP model, tools/test.py evaluates it on a
 benchmark with a different class list (vocabulary switch), with IoUMetric and --show-dir."""
 import json
-import os
-import os.path as osp
 import re
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import run_tool
+from tests.tools.tiny_fcn import write_squares_dataset
 
 TRAIN_CLASSES = ('background', 'square')
 TEST_CLASSES = ('background', 'square, box', 'circle', 'sky, heaven')
@@ -65,26 +63,11 @@ randomness = dict(seed=0)
 '''
 
 
-def write_dataset(root, seed=0):
-    """Bright squares (class 1) on a dark background (class 0); val images are not square."""
-    rng = np.random.default_rng(seed)
-    for split, n, size in (('train', 2, (96, 96)), ('val', 2, (72, 104))):
-        os.makedirs(osp.join(root, 'img_dir', split), exist_ok=True)
-        os.makedirs(osp.join(root, 'ann_dir', split), exist_ok=True)
-        for i in range(n):
-            img = rng.integers(0, 40, (*size, 3), dtype=np.uint8)
-            ann = np.zeros(size, dtype=np.uint8)
-            y, x = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
-            img[y:y + 30, x:x + 30] = 220
-            ann[y:y + 30, x:x + 30] = 1
-            Image.fromarray(img).save(osp.join(root, 'img_dir', split, f'{i}.jpg'))
-            Image.fromarray(ann).save(osp.join(root, 'ann_dir', split, f'{i}.png'))
-
-
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, repo_root):
     tmp = tmp_path_factory.mktemp('hclip_e2e')
-    write_dataset(str(tmp / 'data'))
+    # val images are not square: predictions must come back at the original size
+    write_squares_dataset(str(tmp / 'data'), n_train=2, n_val=2, size=96, val_size=(72, 104))
     cfg = tmp / 'hclip_tiny_squares.py'
     cfg.write_text(CONFIG.format(root=repo_root, data=tmp / 'data', train=TRAIN_CLASSES,
                                  test=TEST_CLASSES))

@@ -59,17 +59,21 @@ randomness = dict(seed=0)
 '''
 
 
-def write_squares_dataset(root, n_train=4, n_val=2, size=32, seed=0):
-    """Images with one bright square (class 1) on a dark background (class 0)."""
+def write_squares_dataset(root, n_train=4, n_val=2, size=32, seed=0, val_size=None):
+    """Images with one bright square (class 1) on a dark background (class 0).
+
+    ``size`` / ``val_size``: int or (h, w) of the train / val images (val defaults to ``size``).
+    """
     rng = np.random.default_rng(seed)
-    for split, n in (('train', n_train), ('val', n_val)):
+    for split, n, hw in (('train', n_train, size), ('val', n_val, val_size or size)):
+        h, w = (hw, hw) if isinstance(hw, int) else hw
         os.makedirs(osp.join(root, 'img_dir', split), exist_ok=True)
         os.makedirs(osp.join(root, 'ann_dir', split), exist_ok=True)
         for i in range(n):
-            img = rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
-            ann = np.zeros((size, size), np.uint8)
-            y, x = rng.integers(0, size // 2, 2)
-            s = size // 2
+            img = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+            ann = np.zeros((h, w), np.uint8)
+            y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            s = min(h, w) // 2
             img[y:y + s, x:x + s] = 220
             ann[y:y + s, x:x + s] = 1
             Image.fromarray(img).save(osp.join(root, 'img_dir', split, f'{i:04d}.jpg'))
