@@ -36,8 +36,8 @@ PROJECT = 'projects/peft_baselines/configs'
 
 # benchmark -> (dataset type, data_root, ignore index, metric)
 BENCHMARKS = {
-    'ade847': ('ADE20K847Dataset', 'data/ade847', 65535, 'IoUMetric'),
-    'pc459': ('PascalContext459Dataset', 'data/pc459', 65535, 'IoUMetric'),
+    'ade847': ('ADE20K847Dataset', 'data/ade847', 65535, 'IoUMetric16'),
+    'pc459': ('PascalContext459Dataset', 'data/pc459', 65535, 'IoUMetric16'),
     'ade150': ('ADE20K150Dataset', 'data/ade150', 255, 'IoUMetric'),
     'pc59': ('PascalContext59Dataset', 'data/pc59', 255, 'IoUMetric'),
     'voc20': ('PascalVOC20Dataset', 'data/voc20', 255, 'IoUMetric'),

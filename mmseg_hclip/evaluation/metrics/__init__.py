@@ -1,4 +1,5 @@
 from .background_iou_metric import BackgroundMappedIoUMetric
+from .iou_metric16 import IoUMetric16
 from .seen_unseen_iou_metric import SeenUnseenIoUMetric
 
-__all__ = ['BackgroundMappedIoUMetric', 'SeenUnseenIoUMetric']
+__all__ = ['BackgroundMappedIoUMetric', 'IoUMetric16', 'SeenUnseenIoUMetric']
