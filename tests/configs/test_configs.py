@@ -267,7 +267,7 @@ def test_paper_recipe_vitb16():
     data = load('configs/_base_/datasets/coco_stuff171.py')
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
                 'test_evaluator', 'train_pipeline', 'test_pipeline'):
-        assert cfg[key] == data[key], key  # the data block written out = the dataset base
+        assert cfg[key] == data[key], key  # the COCO-Stuff data come from the dataset base
     adapter = cfg.model.backbone.adapter
     assert adapter == dict(type='HCLIPAdapter', block_size=128, orthogonal='text', sides='input',
                            dcrc='mlp',

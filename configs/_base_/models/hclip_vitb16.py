@@ -10,7 +10,6 @@
 #   mean (122.77, 116.75, 104.09), std (68.50, 66.63, 70.32).
 # Vocabulary: VocabularyHook sets the classes from the running dataloader's dataset
 # (train classes for training, the benchmark's classes for val/test).
-crop_size = (384, 384)
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[122.7709383, 116.7460125, 104.09373615],
@@ -18,7 +17,7 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,  # = the training ignore index (COCO-Stuff-171)
-    size=crop_size)
+    size=(384, 384))  # the backbone's input size (crops come from the dataset config)
 model = dict(
     type='HCLIPSegmentor',
     data_preprocessor=data_preprocessor,
