@@ -10,7 +10,11 @@ over the ``M = n_targets · L`` (target, layer) positions, layer-major
   the pretrained CLIP);
 * ``'linear'`` (Eq. 16, the authors' released code): ``T ← T ×_3 S3 ×_4 S4`` with identity-
   initialised ``S3 ∈ R^{S×S}`` and ``S4 ∈ R^{M×M}``; optionally one ``S3`` per layer index
-  (the released code's twelve 10×10 maps), applied before ``S4``.
+  (the released code's twelve 10×10 maps). The mode-4 mix comes first and the mode-3 map is
+  the one of the *destination* position's layer, as in the released code (which builds the
+  blocks of layer ℓ by mixing mode 3 of all positions with ``S3[ℓ]``, then mode 4, then taking
+  ℓ's positions): ``out[:, :, :, d] = S3[layer(d)] · Σ_m S4[d, m] · T[:, :, :, m]`` along mode
+  3. With a single ``S3`` the two mode products commute and this is plain Eq. 16.
 
 Memory layout: the mathematical tensor ``T[i, j, s, m]`` is stored as ``[M, S, q, q]``
 (``stored[m, s] = T[:, :, s, m]``, one contiguous q×q block per entry, the layout the Cayley
@@ -119,7 +123,8 @@ class DCRC(nn.Module):
         activation (str): nonlinearity of the 'mlp' variant.
         mode3_groups (int): 'linear' only: number of separate ``S3`` maps, each acting on
             ``M / mode3_groups`` consecutive positions (1 = Eq. 16; ``L`` = one map per layer
-            index as in the authors' code).
+            index as in the authors' code). The map of a group is applied after ``S4``, to
+            the positions of the group (the destinations of the mode-4 mix).
     """
 
     def __init__(self,
@@ -160,7 +165,8 @@ class DCRC(nn.Module):
 
         Returns:
             Tensor: the communicated tensor, same shape. 'mlp': ``T + α ⊙ f4(f3(T))``;
-            'linear': ``T ×_3 S3 ×_4 S4``.
+            'linear': ``T ×_4 S4`` then ``×_3 S3`` of each destination position's group
+            (``T ×_3 S3 ×_4 S4`` when there is one ``S3``).
         """
         M, S, q, _ = blocks.shape
         if (M, S) != (self.num_positions, self.num_slices):
@@ -171,7 +177,8 @@ class DCRC(nn.Module):
             mixed = self.f4(self.f3(x))  # T_w, Eq. 17
             out = torch.addcmul(x, self.alpha.t().unsqueeze(-1), mixed)  # T + α ⊙ T_w
         else:
-            out = _mix(self.s4, _mix(self.s3, x, 3), 4)  # T ×3 S3 ×4 S4, Eq. 16
+            # S4 first, then the S3 of the destination's group (= T ×3 S3 ×4 S4 for one S3)
+            out = _mix(self.s3, _mix(self.s4, x, 4), 3)
         return out.reshape(M, S, q, q)
 
     def extra_repr(self) -> str:

@@ -69,13 +69,14 @@ def _reference_mixed(adapter):
         f4 = lambda X: mode_product(act(mode_product(X, dcrc.f4.weight1.double(), 3)),
                                     dcrc.f4.weight2.double(), 3)
         return T + dcrc.alpha.double() * f4(f3(T))  # α [S, M] broadcasts over q×q
-    s3 = dcrc.s3.detach().double()
-    if s3.dim() == 2:
-        X = mode_product(T, s3, 2)
-    else:  # one S3 per layer index, M / L consecutive positions each
-        per = T.shape[3] // s3.shape[0]
-        X = torch.stack([mode_product(T[..., m], s3[m // per], 2) for m in range(T.shape[3])], -1)
-    return mode_product(X, dcrc.s4.detach().double(), 3)
+    s3, s4 = dcrc.s3.detach().double(), dcrc.s4.detach().double()
+    if s3.dim() == 2:  # Eq. 16
+        return mode_product(mode_product(T, s3, 2), s4, 3)
+    # one S3 per layer index (M / L consecutive positions each), as the authors' code builds
+    # layer l's blocks: mode 4 mixed first, then mode 3 with the map of the destination's layer
+    X = mode_product(T, s4, 3)
+    per = X.shape[3] // s3.shape[0]
+    return torch.stack([mode_product(X[..., d], s3[d // per], 2) for d in range(X.shape[3])], -1)
 
 
 def _reference_model(clip, adapter):
