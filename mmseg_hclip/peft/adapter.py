@@ -20,7 +20,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor, nn
 
-from .block_transforms import SIDES, _no_autocast, cayley, layerwise_block_product
+from .block_transforms import (SIDES, _accumulate_dtype, _autocast_dtype, _no_autocast, cayley,
+                               layerwise_block_product)
 from .merging import MergeableAdapterMixin
 from .clip_towers import TOWERS, TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS
@@ -291,14 +292,18 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         """
         stored = self._assemble(dict(self.blocks.items()))
         if mixed and self.dcrc is not None:
-            stored = self.dcrc(stored)
+            with _no_autocast(stored.device.type):  # mixed in fp32, as the parameters are
+                stored = self.dcrc(stored)
         return stored.permute(2, 3, 1, 0)
 
     def _mixed_blocks(self) -> Dict[str, Tensor]:
         raw = dict(self.blocks.items())
         if self.dcrc is None:
             return raw
-        return self._split(self.dcrc(self._assemble(raw)))  # one DCRC mixing per call
+        stored = self._assemble(raw)
+        with _no_autocast(stored.device.type):  # fp32 under autocast: blocks are I + small
+            mixed = self.dcrc(stored)
+        return self._split(mixed)  # one DCRC mixing per call
 
     # ------------------------------------------------------------------ transforms
     def transforms(self, towers: Sequence[str] = TOWERS) -> Dict[str, Tensor]:
@@ -308,8 +313,9 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
             towers (Sequence[str]): towers to return ('image', 'text').
 
         Returns:
-            dict[str, Tensor]: tower -> ``[L_t, n_targets, b_t, q, q]`` fp32 blocks; orthogonal
-            towers' blocks satisfy ``R^T R = I``.
+            dict[str, Tensor]: tower -> ``[L_t, n_targets, b_t, q, q]`` fp32 blocks (also under
+            autocast: DCRC and the Cayley map run with autocast off); orthogonal towers'
+            blocks satisfy ``R^T R = I``.
         """
         mixed = self._mixed_blocks()
         q = self.block_size
@@ -379,26 +385,32 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         return weight
 
     @staticmethod
-    def _block_product(frozen: Tensor, blocks: Tensor, side: str) -> Tensor:
+    def _block_product(frozen: Tensor, blocks: Tensor, side: str, dtype: torch.dtype) -> Tensor:
         """``W · B`` or ``B · W`` for a batch of weights, as one ``bmm`` (Eq. 4-5).
+
+        Formed in fp32 (fp64 for fp64 inputs) with autocast off and cast once to ``dtype``.
 
         Args:
             frozen (Tensor): ``[N, b, d_out, q]`` (input side) or ``[N, b, q, d_in]`` (output
                 side), from :meth:`_frozen_stack`.
             blocks (Tensor): ``[N, b, q, q]``.
             side (str): 'input' or 'output'.
+            dtype (torch.dtype): dtype of the result.
 
         Returns:
             Tensor: transformed weights ``[N, d_out, d_in]``.
         """
         N, b, q = blocks.shape[:3]
-        blocks = blocks.reshape(N * b, q, q).to(frozen.dtype)
-        if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
-            d_out = frozen.shape[2]
-            out = torch.bmm(frozen.reshape(N * b, d_out, q), blocks)
-            return out.view(N, b, d_out, q).transpose(1, 2).reshape(N, d_out, b * q)
-        d_in = frozen.shape[3]  # W'[block i, :] = R_i @ W[block i, :]
-        return torch.bmm(blocks, frozen.reshape(N * b, q, d_in)).view(N, b * q, d_in)
+        acc = _accumulate_dtype(frozen.dtype, blocks.dtype)
+        blocks, frozen = blocks.reshape(N * b, q, q).to(acc), frozen.to(acc)
+        with _no_autocast(blocks.device.type):
+            if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
+                d_out = frozen.shape[2]
+                out = torch.bmm(frozen.reshape(N * b, d_out, q), blocks).to(dtype)
+                return out.view(N, b, d_out, q).transpose(1, 2).reshape(N, d_out, b * q)
+            d_in = frozen.shape[3]  # W'[block i, :] = R_i @ W[block i, :]
+            return torch.bmm(blocks, frozen.reshape(N * b, q, d_in)).to(dtype).view(
+                N, b * q, d_in)
 
     def _tower_weights(self,
                        clip: nn.Module,
@@ -411,7 +423,8 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
             clip (nn.Module): the model holding the frozen weights.
             spec (TowerSpec): the tower.
             blocks (Tensor): ``[L, n_targets, b, q, q]`` from :meth:`transforms`.
-            dtype (torch.dtype | None): compute dtype (default: the weights' own).
+            dtype (torch.dtype | None): dtype of the returned weights (default: the frozen
+                weights' own); they are formed in fp32 whatever it is.
 
         Returns:
             dict[str, Tensor]: parameter name -> transformed weight.
@@ -424,32 +437,37 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
             sides = {self.sides[t] for t in qkv}
             if len(qkv) == 3 and len(sides) == 1:  # one product for q, k, v of every layer
                 side = sides.pop()
-                frozen = self._frozen_stack(clip, spec, 'in', side, dtype)
+                frozen = self._frozen_stack(clip, spec, 'in', side, None)
+                out_dtype = dtype or frozen.dtype
                 r = blocks[:, pos['q']:pos['q'] + 3]  # [L, 3, b, q, q]
                 if frozen.requires_grad:  # trainable CLIP weights: plain autograd
-                    new_in = self._block_product(frozen.flatten(0, 1), r.flatten(0, 1), side)
+                    new_in = self._block_product(frozen.flatten(0, 1), r.flatten(0, 1), side,
+                                                 out_dtype)
                     new_in = new_in.view(L, 3 * d, d).unbind(0)
                 else:
-                    new_in = layerwise_block_product(frozen, r, side)
+                    new_in = layerwise_block_product(frozen, r, side, out_dtype)
             else:
                 pieces = []
                 for i, t in enumerate(QKV):
                     side = self.sides.get(t, 'output')
-                    frozen = self._frozen_stack(clip, spec, 'in', side, dtype)[:, i]
+                    frozen = self._frozen_stack(clip, spec, 'in', side, None)[:, i]
+                    out_dtype = dtype or frozen.dtype
                     if t in pos:
-                        pieces.append(self._block_product(frozen, blocks[:, pos[t]], side))
+                        pieces.append(
+                            self._block_product(frozen, blocks[:, pos[t]], side, out_dtype))
                     else:  # untargeted slice: the frozen rows themselves
-                        pieces.append(frozen.reshape(L, d, d))
+                        pieces.append(frozen.reshape(L, d, d).to(out_dtype))
                 new_in = torch.stack(pieces, dim=1).view(L, 3 * d, d).unbind(0)
             result.update(zip(spec.in_proj_names, new_in))
         if 'out' in pos:
             side = self.sides['out']
-            frozen = self._frozen_stack(clip, spec, 'out', side, dtype)
+            frozen = self._frozen_stack(clip, spec, 'out', side, None)
+            out_dtype = dtype or frozen.dtype
             r = blocks[:, pos['out']:pos['out'] + 1]  # [L, 1, b, q, q]
             if frozen.requires_grad:
-                new_out = self._block_product(frozen[:, 0], r[:, 0], side).unbind(0)
+                new_out = self._block_product(frozen[:, 0], r[:, 0], side, out_dtype).unbind(0)
             else:
-                new_out = layerwise_block_product(frozen, r, side)
+                new_out = layerwise_block_product(frozen, r, side, out_dtype)
             result.update(zip(spec.out_proj_names, new_out))
         return result
 
@@ -466,14 +484,18 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
                 dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
         """Transformed target weights for ``torch.func.functional_call`` (Eq. 5).
 
-        One DCRC mixing, one batched fp32 Cayley solve and batched einsums per tower.
+        One DCRC mixing, one batched fp32 Cayley solve and batched block products per tower.
+        Everything runs in fp32 (fp64 for fp64 parameters), also under autocast: DCRC, the
+        Cayley map and the products ``W·B`` / ``B·W`` see the unrounded blocks, and each
+        transformed weight is cast once to the output dtype.
 
         Args:
             clip (nn.Module): the CLIP the adapter was built for (its frozen weights are read).
             towers (str | Sequence[str]): towers to build weights for ('image', 'text'); DCRC
                 always mixes the blocks of both.
-            dtype (torch.dtype | None): compute dtype of the transformed weights (default: the
-                frozen weights' dtype; autocast applies as usual).
+            dtype (torch.dtype | None): dtype of the returned weights (default: the autocast
+                dtype when autocast is on for the adapter's device, else the frozen weights'
+                dtype).
 
         Returns:
             dict[str, Tensor]: names from ``clip.named_parameters()``
@@ -485,10 +507,14 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         if self._merged:
             return {}
         towers = self._check_towers_arg(towers)
-        blocks = self.transforms(towers)
-        weights = {}
-        for name in towers:
-            weights.update(self._tower_weights(clip, self.towers[name], blocks[name], dtype))
+        device = self.blocks['image'].device
+        if dtype is None:
+            dtype = _autocast_dtype(device.type)  # None: each weight keeps its own dtype
+        with _no_autocast(device.type):
+            blocks = self.transforms(towers)
+            weights = {}
+            for name in towers:
+                weights.update(self._tower_weights(clip, self.towers[name], blocks[name], dtype))
         return weights
 
     # ------------------------------------------------------------------ merge

@@ -12,9 +12,18 @@ densely: it is held as its blocks ``[..., b, q, q]`` and applied to a weight ``W
 
 Orthogonal blocks come from the Cayley map (Eq. 2), computed in fp32 (even under autocast) with
 one batched ``torch.linalg.solve`` and no explicit inverse.
+
+Mixed precision: the custom autograd functions declare their autocast behaviour with
+``torch.amp.custom_fwd(cast_inputs=torch.float32)`` / ``custom_bwd`` for every autocast device,
+so their forward *and* backward run in fp32 with autocast off, also when ``backward()`` is called
+inside an autocast region. The transformed weights are formed in fp32 from the fp32 blocks and
+cast once to the autocast dtype (a bf16 block ``I + 1e-3`` would round to ``I``).
 """
 import contextlib
-from typing import Tuple
+import ctypes
+import functools
+import os
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -45,24 +54,90 @@ def skew(P: Tensor) -> Tensor:
     return 0.5 * (P - P.transpose(-1, -2))
 
 
+#: devices whose autocast the custom autograd functions below declare
+_AMP_DEVICES = ('cpu', 'cuda')
+
+
+def _fp32_forward(forward: Callable) -> Callable:
+    """``torch.amp.custom_fwd(cast_inputs=torch.float32)`` for every autocast device.
+
+    Under autocast on any of :data:`_AMP_DEVICES`, floating inputs of that device (except
+    fp64) are cast to fp32 and ``forward`` runs with autocast off; the matching
+    :func:`_autocast_free_backward` then runs ``backward`` with autocast off as well.
+    """
+    for device in _AMP_DEVICES:
+        forward = torch.amp.custom_fwd(forward, device_type=device, cast_inputs=torch.float32)
+    return forward
+
+
+def _autocast_free_backward(backward: Callable) -> Callable:
+    """``torch.amp.custom_bwd`` for every autocast device (the state of the forward: off)."""
+    for device in _AMP_DEVICES:
+        backward = torch.amp.custom_bwd(backward, device_type=device)
+    return backward
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast casts matrix products to on ``device_type``, or None when it is off."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _accumulate_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 when an input is fp64: the dtype transformed weights are formed in."""
+    out = torch.float32
+    for dtype in dtypes:
+        out = torch.promote_types(out, dtype)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _mkl_set_local_threads() -> Optional[Callable[[int], int]]:
+    """MKL's ``mkl_set_num_threads_local`` from torch's own MKL, or None where absent.
+
+    It sets the number of MKL threads *of the calling thread only* and returns the previous
+    thread-local value (0: the process-wide setting), so unlike ``torch.set_num_threads``
+    (which also sets the count that every thread started later inherits, and is not safe to
+    switch back and forth from several threads) it changes nothing for other threads.
+    """
+    if not torch.backends.mkl.is_available():
+        return None
+    libdir = os.path.join(os.path.dirname(torch.__file__), 'lib')
+    for name in ('libtorch_cpu.so', 'libtorch_cpu.dylib', 'torch_cpu.dll'):
+        path = os.path.join(libdir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError):
+            return None
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
 @contextlib.contextmanager
 def _serial_small_linalg(device: torch.device):
-    """Run small batched LAPACK calls single-threaded on CPU.
+    """Run small batched LAPACK calls single-threaded on CPU, in this thread only.
 
-    ``torch.linalg.solve`` on a batch of q x q systems calls LAPACK once per matrix; with more
-    than one intra-op thread, MKL threads every tiny call and, on a loaded machine, pays a
-    thread hand-off per matrix: 192 systems of 128 x 128 took 3.0 s with 2 threads against 0.17 s
-    with 1 on this project's 2-core CPU. One thread is never slower for such sizes.
+    ``torch.linalg.solve`` on a batch of q x q systems calls LAPACK (MKL) once per matrix; with
+    more than one thread, MKL threads every tiny call and, on a loaded machine, pays a thread
+    hand-off per matrix (measured in ``docs/small_solve_threads.md``: 192 systems of
+    128 x 128, several times slower with 2 threads than with 1 on a loaded 2-core CPU). The
+    switch is MKL's thread-local setting: the process-wide thread count that
+    ``torch.get_num_threads()`` reports, and that threads started meanwhile inherit, is never
+    touched. Without MKL (or off CPU) this is a no-op.
     """
-    threads = torch.get_num_threads()
-    if device.type != 'cpu' or threads == 1:
+    set_local = _mkl_set_local_threads() if device.type == 'cpu' else None
+    if set_local is None:
         yield
         return
-    torch.set_num_threads(1)
+    previous = set_local(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        set_local(previous)
 
 
 class _CayleySolve(torch.autograd.Function):
@@ -73,6 +148,7 @@ class _CayleySolve(torch.autograd.Function):
     """
 
     @staticmethod
+    @_fp32_forward
     def forward(ctx, Q: Tensor) -> Tensor:
         eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
         with _serial_small_linalg(Q.device):
@@ -81,6 +157,7 @@ class _CayleySolve(torch.autograd.Function):
         return R
 
     @staticmethod
+    @_autocast_free_backward
     def backward(ctx, grad_R: Tensor) -> Tensor:
         Q, R = ctx.saved_tensors
         eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
@@ -165,13 +242,6 @@ def apply_block_diagonal(weight: Tensor, blocks: Tensor, side: str = 'input') ->
     return out.reshape(weight.shape)
 
 
-def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype autocast would run a matrix product in, else ``dtype``."""
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return dtype
-
-
 #: devices on which the block gradient of all layers is one stacked ``bmm`` (else layer by layer)
 _STACKED_BACKWARD_DEVICES = ('cuda', )
 
@@ -183,48 +253,49 @@ class _LayerwiseBlockProduct(torch.autograd.Function):
     tensor per layer. Backward: each layer's weight gradient arrives separately; its block
     gradient is computed by its own ``bmm`` straight into one preallocated buffer, so the L
     weight gradients are never stacked into one big tensor (that copy cost as much as the
-    product itself on CPU). Autocast is honoured by hand: the product runs in the autocast dtype
-    of the caller and the block gradient is returned in the blocks' dtype.
+    product itself on CPU). Both run in fp32 (fp64 for fp64 inputs) with autocast off; the
+    weights are cast once to ``dtype`` and the block gradient is returned in the blocks' dtype.
     """
 
     @staticmethod
-    def forward(ctx, frozen: Tensor, blocks: Tensor, side: str):
+    @_fp32_forward
+    def forward(ctx, frozen: Tensor, blocks: Tensor, side: str, dtype: torch.dtype):
         L, n, b, q = blocks.shape[:4]
-        dtype = _compute_dtype(blocks.device, frozen.dtype)
-        ctx.side, ctx.blocks_dtype = side, blocks.dtype
-        with _no_autocast(blocks.device.type):
-            frozen_c = frozen.to(dtype)
-            blocks_c = blocks.to(dtype).reshape(L * n * b, q, q)
-            if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
-                d_out = frozen.shape[3]
-                out = torch.bmm(frozen_c.reshape(L * n * b, d_out, q), blocks_c)
-                out = out.view(L, n, b, d_out, q)
-                weights = tuple(out[l].transpose(1, 2).reshape(n * d_out, b * q)
-                                for l in range(L))
-            else:  # W'[block i, :] = R_i @ W[block i, :]
-                d_in = frozen.shape[4]
-                out = torch.bmm(blocks_c, frozen_c.reshape(L * n * b, q, d_in))
-                weights = tuple(out.view(L, n * b * q, d_in).unbind(0))
-        ctx.save_for_backward(frozen_c)
+        acc = _accumulate_dtype(frozen.dtype, blocks.dtype)
+        ctx.side, ctx.blocks_dtype, ctx.acc = side, blocks.dtype, acc
+        frozen_c = frozen.to(acc)
+        blocks_c = blocks.to(acc).reshape(L * n * b, q, q)
+        if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
+            d_out = frozen.shape[3]
+            out = torch.bmm(frozen_c.reshape(L * n * b, d_out, q), blocks_c).to(dtype)
+            out = out.view(L, n, b, d_out, q)
+            weights = tuple(out[l].transpose(1, 2).reshape(n * d_out, b * q) for l in range(L))
+        else:  # W'[block i, :] = R_i @ W[block i, :]
+            d_in = frozen.shape[4]
+            out = torch.bmm(blocks_c, frozen_c.reshape(L * n * b, q, d_in)).to(dtype)
+            weights = tuple(out.view(L, n * b * q, d_in).unbind(0))
+        ctx.save_for_backward(frozen)  # the caller's tensor (no copy kept alive)
         ctx.shape = (L, n, b, q)
         return weights
 
     @staticmethod
+    @_autocast_free_backward
     def backward(ctx, *grads):
         (frozen, ) = ctx.saved_tensors
+        frozen = frozen.to(ctx.acc)
         L, n, b, q = ctx.shape
         if frozen.device.type in _STACKED_BACKWARD_DEVICES and all(g is not None for g in grads):
             # on a GPU the stacking copy is cheap and one launch beats L of them
-            grad = torch.stack(grads).to(frozen.dtype)
+            grad = torch.stack(grads).to(ctx.acc)
             grad_blocks = _block_grad(frozen.flatten(0, 1), grad.view(L * n, -1, grad.shape[-1]),
                                       b, q, ctx.side)
-            return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None
+            return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None, None
         grad_blocks = frozen.new_zeros(L, n * b, q, q)
         for l, grad in enumerate(grads):
             if grad is not None:
-                _block_grad(frozen[l], grad.to(frozen.dtype).view(n, -1, grad.shape[-1]), b, q,
+                _block_grad(frozen[l], grad.to(ctx.acc).view(n, -1, grad.shape[-1]), b, q,
                             ctx.side, out=grad_blocks[l])
-        return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None
+        return None, grad_blocks.view(L, n, b, q, q).to(ctx.blocks_dtype), None, None
 
 
 def _block_grad(frozen: Tensor, grad: Tensor, b: int, q: int, side: str, out=None) -> Tensor:
@@ -250,8 +321,15 @@ def _block_grad(frozen: Tensor, grad: Tensor, b: int, q: int, side: str, out=Non
     return torch.bmm(grad.reshape(N * b, q, d_in), w, out=out)
 
 
-def layerwise_block_product(frozen: Tensor, blocks: Tensor, side: str) -> Tuple[Tensor, ...]:
+def layerwise_block_product(frozen: Tensor,
+                            blocks: Tensor,
+                            side: str,
+                            dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, ...]:
     """Transform the weights of every layer with their block-diagonal matrices (Eq. 4-5).
+
+    The product is formed in fp32 (fp64 for fp64 inputs) with autocast off, whatever the
+    autocast state, and the result is cast once to ``dtype``; the block gradient is formed in
+    fp32 as well and returned in the blocks' dtype.
 
     Args:
         frozen (Tensor): the frozen weights of ``L`` layers, ``n`` weights each (e.g. q, k, v),
@@ -260,6 +338,8 @@ def layerwise_block_product(frozen: Tensor, blocks: Tensor, side: str) -> Tuple[
             (the q-row blocks of each ``W [b·q, d_in]``). Must not require grad.
         blocks (Tensor): ``[L, n, b, q, q]``.
         side (str): 'input' (``W · B``) or 'output' (``B · W``).
+        dtype (torch.dtype | None): dtype of the returned weights; default: the autocast dtype
+            of ``blocks``' device when autocast is on there, else ``frozen``'s dtype.
 
     Returns:
         tuple[Tensor, ...]: ``L`` tensors ``[n · d_out, d_in]``: the ``n`` transformed weights of
@@ -270,4 +350,6 @@ def layerwise_block_product(frozen: Tensor, blocks: Tensor, side: str) -> Tuple[
     if frozen.requires_grad:
         raise ValueError('layerwise_block_product differentiates the blocks only; the frozen '
                          'weights must not require grad')
-    return _LayerwiseBlockProduct.apply(frozen, blocks, side)
+    if dtype is None:
+        dtype = _autocast_dtype(blocks.device.type) or frozen.dtype
+    return _LayerwiseBlockProduct.apply(frozen, blocks, side, dtype)

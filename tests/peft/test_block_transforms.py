@@ -116,7 +116,7 @@ def test_layerwise_block_product_values_and_gradients(side, stacked, monkeypatch
     (partial, ) = torch.autograd.grad(outs[1:], blocks, grads[1:])
     assert torch.count_nonzero(partial[0]) == 0
     torch.testing.assert_close(partial[1:], ref[1:])
-    # bf16 autocast: the product runs in bf16, the block gradient comes back in fp32
+    # bf16 autocast: the weights come back in bf16 (formed in fp32), the block gradient in fp32
     with torch.autocast('cpu', dtype=torch.bfloat16):
         outs = layerwise_block_product(frozen, blocks, side)
     assert outs[0].dtype == torch.bfloat16
