@@ -60,7 +60,7 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.nda
 
 
 def render_scene(rng: np.random.Generator, classes: Sequence[str], size: int,
-                 max_shapes: int = 4) -> Tuple[np.ndarray, np.ndarray]:
+                 max_shapes: int = 4, return_objects: bool = False):
     """Render one scene.
 
     Args:
@@ -68,15 +68,23 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], size: int,
         classes: Names "<colour> <shape>" that may appear in this scene.
         size: Image side in pixels.
         max_shapes: At most this many shapes (at least one).
+        return_objects: Also return the drawn shapes (for captions).
 
     Returns:
         tuple: image [size, size, 3] uint8 RGB and label [size, size] uint8
-        (index into :data:`EVAL_CLASSES`).
+        (index into :data:`EVAL_CLASSES`); with ``return_objects`` a third
+        item, a list of dicts ``name``, ``cy``, ``cx``, ``r`` (pixels) and
+        ``visible`` (fraction of the shape's pixels not covered by shapes
+        drawn later), in drawing order.
     """
+    if int(max_shapes) < 1:
+        raise ValueError(f'max_shapes={max_shapes} must be at least 1')
     base = rng.integers(90, 150)
     img = (base + rng.normal(0, 12, (size, size, 3))).clip(0, 255)
     label = np.zeros((size, size), np.uint8)
-    for _ in range(int(rng.integers(1, max_shapes + 1))):
+    instances = np.full((size, size), -1, np.int16) if return_objects else None
+    objects = []
+    for k in range(int(rng.integers(1, max_shapes + 1))):
         name = classes[int(rng.integers(len(classes)))]
         colour, shape = name.split(' ')
         r = rng.uniform(0.16, 0.30) * size
@@ -86,7 +94,15 @@ def render_scene(rng: np.random.Generator, classes: Sequence[str], size: int,
         shade = 1.0 + rng.normal(0, 0.05, (size, size, 1))  # mild texture
         img = np.where(mask[..., None], (rgb * shade).clip(0, 255), img)
         label[mask] = EVAL_CLASSES.index(name)
-    return img.astype(np.uint8), label
+        if return_objects:
+            instances[mask] = k
+            objects.append(dict(name=name, cy=float(cy), cx=float(cx), r=float(r),
+                                area=int(mask.sum())))
+    if not return_objects:
+        return img.astype(np.uint8), label
+    for k, obj in enumerate(objects):
+        obj['visible'] = float((instances == k).sum()) / max(obj.pop('area'), 1)
+    return img.astype(np.uint8), label, objects
 
 
 def generate_shapes_dataset(root: str, num_train: int = 320, num_val: int = 64,
