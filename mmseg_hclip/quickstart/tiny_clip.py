@@ -165,7 +165,7 @@ def pretrain_tiny_clip(steps: int = 3000,
             sched.step()
             with torch.no_grad():  # as open_clip's trainer: temperature at most 100
                 model.logit_scale.clamp_(0, math.log(100))
-            running.append(float(loss))
+            running.append(loss.item())
             if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
                 log(f'step {step + 1}/{steps}  loss {np.mean(running):.4f}  '
                     f'logit scale {float(model.logit_scale.exp()):.1f}  '
