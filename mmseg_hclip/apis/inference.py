@@ -115,9 +115,18 @@ def _listing(items: List[str]) -> str:
     return shown + (f', ... ({more} more)' if more > 0 else '')
 
 
+def _other_pos_embed_grid(key: str, saved: torch.Tensor, own: torch.Tensor) -> bool:
+    """An HCLIPBackbone image positional embedding stored on another grid, same width: the
+    backbone adopts the stored grid when loading (checkpoints of earlier versions hold it
+    resized to ``img_size``)."""
+    return (key.endswith('clip.visual.positional_embedding') and saved.dim() == own.dim() == 2
+            and saved.shape[1] == own.shape[1])
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
                      source: str = 'the checkpoint', target: str = 'the model') -> None:
-    """Require the same keys and shapes as ``model.state_dict()``.
+    """Require the same keys and shapes as ``model.state_dict()`` (except the grid of the
+    image positional embedding, which the backbone takes from the checkpoint).
 
     Raises:
         CheckpointMismatchError: Listing the first missing keys (in the model, not in the
@@ -130,6 +139,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
         f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}' for k in own
         if k in state_dict and isinstance(state_dict[k], torch.Tensor)
         and isinstance(own[k], torch.Tensor) and state_dict[k].shape != own[k].shape
+        and not _other_pos_embed_grid(k, state_dict[k], own[k])
     ]
     if not (missing or unexpected or shapes):
         return

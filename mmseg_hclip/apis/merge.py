@@ -28,7 +28,8 @@ from mmengine.config import Config
 from .inference import (MERGED_META_KEY, _load_config, build_model_from_state,
                         is_merged_checkpoint, read_checkpoint)
 
-__all__ = ['merge_checkpoint', 'open_clip_model_config', 'open_clip_paths']
+__all__ = ['merge_checkpoint', 'open_clip_model_config', 'open_clip_paths',
+           'open_clip_state_dict']
 
 
 def open_clip_paths(out: str, open_clip_out: Optional[str] = None) -> Dict[str, str]:
@@ -52,9 +53,9 @@ def _uses_quick_gelu(clip: nn.Module) -> bool:
 def open_clip_model_config(backbone) -> dict:
     """The open_clip model config (``open_clip.CLIP(**cfg)``) of an ``HCLIPBackbone``'s CLIP.
 
-    The architecture (named or inline) with ``vision_cfg.image_size`` set to the size the
-    positional embedding was built for and ``quick_gelu`` as used, so that
-    ``open_clip.CLIP(**cfg).load_state_dict(backbone.clip.state_dict())`` is exact.
+    The architecture (named or inline) with ``vision_cfg.image_size`` set to the backbone's
+    ``img_size`` and ``quick_gelu`` as used, so that ``open_clip.CLIP(**cfg)`` loads
+    :func:`open_clip_state_dict` exactly.
     """
     import open_clip
     arch = backbone.arch
@@ -67,6 +68,16 @@ def open_clip_model_config(backbone) -> dict:
     cfg['vision_cfg']['image_size'] = list(backbone.img_size)
     cfg['quick_gelu'] = _uses_quick_gelu(backbone.clip)
     return cfg
+
+
+def open_clip_state_dict(backbone) -> Dict[str, torch.Tensor]:
+    """The CLIP's state dict with the positional embedding the backbone uses at its
+    ``img_size`` (the stored one resized by its ``pos_embed_resize`` rule), so that an
+    open_clip CLIP built at that size computes what the backbone computes."""
+    state = dict(backbone.clip.state_dict())
+    with torch.no_grad():
+        state['visual.positional_embedding'] = backbone.pos_embed_for().detach().clone()
+    return state
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -138,7 +149,7 @@ def merge_checkpoint(config: Union[str, Path, Config],
     merged_meta['hclip_adapter'] = json.loads(json.dumps(merged_meta['hclip_adapter'],
                                                          default=list))
     _atomic_save({'meta': merged_meta, 'state_dict': model.state_dict()}, out)
-    _atomic_save(backbone.clip.state_dict(), paths['state_dict'])
+    _atomic_save(open_clip_state_dict(backbone), paths['state_dict'])
     with open(paths['config'], 'w', encoding='utf-8') as f:
         json.dump(merged_meta['open_clip_config'], f, indent=2)
     return dict(checkpoint=out, open_clip=paths['state_dict'], open_clip_config=paths['config'])

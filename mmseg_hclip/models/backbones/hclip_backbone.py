@@ -14,7 +14,10 @@ from mmseg.registry import MODELS
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ['HCLIPBackbone']
+__all__ = ['HCLIPBackbone', 'POS_EMBED_RESIZE']
+
+#: how the stored positional embedding is resized to the input grid (``pos_embed_resize``)
+POS_EMBED_RESIZE = ('bicubic', 'bicubic_antialias')
 
 _VISION_BLOCK = re.compile(r'^visual\.transformer\.resblocks\.(\d+)\.(.+)$')
 _TEXT_BLOCK = re.compile(r'^transformer\.resblocks\.(\d+)\.(.+)$')
@@ -71,11 +74,22 @@ class HCLIPBackbone(BaseModule):
             filled open_clip cache), a local checkpoint file (an open_clip or
             OpenAI state dict), or None for random initialisation (tests).
             Defaults to None.
-        img_size (int | tuple[int, int]): Input size the positional embedding
-            is built for; pretrained embeddings are resized bicubically
-            (ViT-B/16: 384, ViT-L/14: 336). Inputs of another size are
-            accepted: the embedding is then interpolated on the fly.
-            Defaults to 384.
+        img_size (int | tuple[int, int]): The input size the model is trained
+            and tested at (ViT-B/16: 384, ViT-L/14: 336); other input sizes
+            are accepted. The positional embedding keeps the grid it was
+            loaded with (the CLIP's native grid, e.g. 14x14 for ViT-B/16)
+            and is resized to each input's patch grid in every forward (see
+            ``pos_embed_resize``); the merged open_clip export is written at
+            this size. Defaults to 384.
+        pos_embed_resize (str): How the stored positional embedding is
+            resized to the input grid, at every forward: ``'bicubic'``
+            (default, the H-CLIP / CAT-Seg reference code: bicubic,
+            ``align_corners=False``, no antialias) or
+            ``'bicubic_antialias'`` (bicubic with ``antialias=True``,
+            open_clip's load-time rule, the behaviour of earlier versions of
+            this backbone; at ``img_size`` it equals their outputs). The two
+            differ even when upsampling (PyTorch's antialiased bicubic uses
+            another kernel). Defaults to 'bicubic'.
         guidance_layers (Sequence[int]): 0-based image blocks whose outputs
             are returned as guidance, shallow first (ViT-B: (3, 7), ViT-L:
             (7, 15)). Defaults to (3, 7).
@@ -104,6 +118,7 @@ class HCLIPBackbone(BaseModule):
                  arch: Union[str, dict] = 'ViT-B-16',
                  pretrained: Optional[str] = None,
                  img_size: Union[int, Tuple[int, int]] = 384,
+                 pos_embed_resize: str = 'bicubic',
                  guidance_layers: Sequence[int] = (3, 7),
                  quick_gelu: Optional[bool] = None,
                  adapter: Optional[dict] = None,
@@ -115,6 +130,11 @@ class HCLIPBackbone(BaseModule):
         self.arch = arch
         self.pretrained = pretrained
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if pos_embed_resize not in POS_EMBED_RESIZE:
+            raise ValueError(f'pos_embed_resize={pos_embed_resize!r} is not one of '
+                             f"{POS_EMBED_RESIZE}: 'bicubic' resizes the positional embedding "
+                             "like the reference code, 'bicubic_antialias' like open_clip.")
+        self.pos_embed_resize = pos_embed_resize
         self.merge_in_eval = merge_in_eval
         self.with_cp = with_cp
         self.clip = self._build_clip(arch, pretrained, self.img_size, quick_gelu, cache_dir)
@@ -148,6 +168,7 @@ class HCLIPBackbone(BaseModule):
         self.register_state_dict_pre_hook(_unmerge_before_state_dict)
         self.register_state_dict_post_hook(_unmerge_after_state_dict)
         self.register_load_state_dict_pre_hook(_unmerge_before_load)
+        self.register_load_state_dict_pre_hook(_adopt_pos_embed_grid)
         self.register_load_state_dict_post_hook(_bump_after_load)
 
     # ------------------------------------------------------------------ building
@@ -232,7 +253,8 @@ class HCLIPBackbone(BaseModule):
         if quick_gelu is None:
             quick_gelu = bool(tag_cfg.get('quick_gelu', model_cfg.get('quick_gelu', False)))
         model_cfg['quick_gelu'] = bool(quick_gelu)
-        vcfg['image_size'] = img_size
+        # the CLIP keeps the architecture's own image size: the positional embedding stays on
+        # the grid it is loaded with and forward() resizes it to every input (_pos_embed)
         model_cfg.pop('custom_text', None)
         clip = open_clip.CLIP(**model_cfg)
         blocks = list(clip.visual.transformer.resblocks) + list(clip.transformer.resblocks)
@@ -241,7 +263,8 @@ class HCLIPBackbone(BaseModule):
                              '(nn.MultiheadAttention); custom attention options (qk_norm, '
                              'scaled_cosine_attn, ...) are not supported.')
         if checkpoint_path is not None:
-            # resizes the positional embedding bicubically to ``img_size``
+            # a checkpoint on the architecture's native grid loads as it is (open_clip would
+            # resize any other grid to the native one)
             open_clip.load_checkpoint(clip, checkpoint_path, strict=True)
         return clip
 
@@ -368,18 +391,67 @@ class HCLIPBackbone(BaseModule):
         return run(x, *tensors)
 
     # -------------------------------------------------------------- image tower
+    @property
+    def pos_embed_grid(self) -> Tuple[int, int]:
+        """The patch grid (rows, columns) of the stored positional embedding."""
+        visual = self.clip.visual
+        grid = tuple(visual.grid_size)
+        shape = tuple(visual.positional_embedding.shape)
+        if grid[0] * grid[1] + 1 != shape[0]:
+            raise RuntimeError(f'the positional embedding {shape} does not fit its grid {grid}')
+        return grid
+
+    def _infer_pos_grid(self, num_patches: int) -> Tuple[int, int]:
+        """The grid of a stored embedding with ``num_patches`` patch positions: ``img_size``'s
+        grid if it has that many (checkpoints of earlier versions stored the embedding resized
+        to it), else a square grid."""
+        own = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        if own[0] * own[1] == num_patches:
+            return own
+        side = int(round(num_patches**0.5))
+        if side * side == num_patches:
+            return (side, side)
+        raise ValueError(
+            f'a positional embedding with {num_patches} patch positions (+1 class token) fits '
+            f'neither the grid of img_size={self.img_size} (patch {self.patch_size}: {own}) nor a '
+            'square grid; load it with the img_size the checkpoint was trained at.')
+
     def _pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """The positional embedding for an input of ``grid`` patches, class token first.
+
+        The stored embedding is resized to ``grid`` at every call (bicubic,
+        ``align_corners=False``, antialiased only with ``pos_embed_resize='bicubic_antialias'``).
+
+        Args:
+            grid (tuple[int, int]): patch rows and columns of the input.
+
+        Returns:
+            Tensor: [1 + grid[0] * grid[1], D].
+        """
         pos = self.clip.visual.positional_embedding
-        base = tuple(self.clip.visual.grid_size)
+        base = self.pos_embed_grid
         if tuple(grid) == base:
             return pos
         cls_pos, patch_pos = pos[:1], pos[1:]
         patch_pos = patch_pos.reshape(1, base[0], base[1], -1).permute(0, 3, 1, 2)
-        # the same rule as open_clip's resize_pos_embed when loading weights
-        patch_pos = F.interpolate(patch_pos, size=grid, mode='bicubic', align_corners=False,
-                                  antialias=True)
+        patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode='bicubic',
+                                  align_corners=False,
+                                  antialias=self.pos_embed_resize == 'bicubic_antialias')
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
         return torch.cat([cls_pos, patch_pos], dim=0)
+
+    def pos_embed_for(self, img_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The positional embedding the forward uses for inputs of ``img_size`` pixels.
+
+        Args:
+            img_size (tuple[int, int], optional): input (height, width); default
+                ``self.img_size``.
+
+        Returns:
+            Tensor: [1 + h * w, D], h, w the patch grid of ``img_size``.
+        """
+        h, w = self.img_size if img_size is None else img_size
+        return self._pos_embed((h // self.patch_size[0], w // self.patch_size[1]))
 
     def _dense_last_block(self, block: nn.Module, x: torch.Tensor,
                           weights: Weights) -> torch.Tensor:
@@ -529,3 +601,25 @@ def _unmerge_before_load(module: HCLIPBackbone, state_dict, prefix, local_metada
 
 def _bump_after_load(module: HCLIPBackbone, incompatible_keys):
     module._bump()
+
+
+def _adopt_pos_embed_grid(module: HCLIPBackbone, state_dict, prefix, local_metadata, strict,
+                          missing_keys, unexpected_keys, error_msgs):
+    """Take the positional-embedding grid of the state dict being loaded.
+
+    Checkpoints of earlier versions hold the embedding already resized to ``img_size``'s grid
+    (e.g. [24*24+1, D] for ViT-B/16 at 384), new ones the CLIP's native grid ([14*14+1, D]):
+    the stored grid is inferred from the shape (:meth:`HCLIPBackbone._infer_pos_grid`) and
+    the parameter resized in place before it is loaded; the forward resizes it to the input.
+    A different width is left to ``load_state_dict``'s shape check.
+    """
+    new = state_dict.get(prefix + 'clip.visual.positional_embedding', None)
+    visual = module.clip.visual
+    own = visual.positional_embedding
+    if (not isinstance(new, torch.Tensor) or new.dim() != 2 or new.shape[1] != own.shape[1]
+            or new.shape[0] == own.shape[0]):
+        return
+    grid = module._infer_pos_grid(new.shape[0] - 1)
+    own.data = own.data.new_empty(tuple(new.shape))
+    visual.grid_size = grid
+    visual.image_size = (grid[0] * module.patch_size[0], grid[1] * module.patch_size[1])
