@@ -21,5 +21,5 @@ val_dataloader = dict(
         data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
         pipeline=_base_.test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], ignore_index=255)
+val_evaluator = dict(type='ReferenceIoUMetric', iou_metrics=['mIoU'], ignore_index=255)
 test_evaluator = val_evaluator

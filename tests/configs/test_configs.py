@@ -38,9 +38,9 @@ PROJECT = 'projects/peft_baselines/configs'
 BENCHMARKS = {
     'ade847': ('ADE20K847Dataset', 'data/ade847', 65535, 'IoUMetric16'),
     'pc459': ('PascalContext459Dataset', 'data/pc459', 65535, 'IoUMetric16'),
-    'ade150': ('ADE20K150Dataset', 'data/ade150', 255, 'IoUMetric'),
-    'pc59': ('PascalContext59Dataset', 'data/pc59', 255, 'IoUMetric'),
-    'voc20': ('PascalVOC20Dataset', 'data/voc20', 255, 'IoUMetric'),
+    'ade150': ('ADE20K150Dataset', 'data/ade150', 255, 'ReferenceIoUMetric'),
+    'pc59': ('PascalContext59Dataset', 'data/pc59', 255, 'ReferenceIoUMetric'),
+    'voc20': ('PascalVOC20Dataset', 'data/voc20', 255, 'ReferenceIoUMetric'),
     'voc20b': ('PascalVOC20bDataset', 'data/voc20b', 255, 'BackgroundMappedIoUMetric'),
 }
 EVAL_KEYS = ('val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')
@@ -76,8 +76,9 @@ CHILDREN = {
 }
 for _arch in MAIN:
     for _bench, (_, _, _ignore, _metric) in BENCHMARKS.items():
-        # COCO-Stuff's metric is IoUMetric with ignore 255: restated, not changed, where equal
-        _knobs = EVAL_KEYS if (_ignore, _metric) != (255, 'IoUMetric') else EVAL_KEYS[:2]
+        # COCO-Stuff's metric is ReferenceIoUMetric with ignore 255: restated, not changed,
+        # where equal
+        _knobs = EVAL_KEYS if (_ignore, _metric) != (255, 'ReferenceIoUMetric') else EVAL_KEYS[:2]
         CHILDREN[f'configs/hclip_{_arch}_{_bench}.py'] = (MAIN[_arch], _knobs)
 for _method in ('lora-r64', 'attn-qv'):
     CHILDREN[f'{PROJECT}/{_method}_vitb16_coco-stuff.py'] = (MAIN['vitb16'],

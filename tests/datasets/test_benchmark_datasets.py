@@ -221,7 +221,7 @@ def test_base_configs(name, key, num, ignore, cfg_name):
     assert cfg.train_dataloader.dataset.data_root == 'data/coco_stuff171'
     # more than 256 classes: IoUMetric16 keeps class ids > 255 in the PNGs of --out
     expected_metric = {'voc20b': 'BackgroundMappedIoUMetric', 'ade847': 'IoUMetric16',
-                       'pc459': 'IoUMetric16'}.get(key, 'IoUMetric')
+                       'pc459': 'IoUMetric16'}.get(key, 'ReferenceIoUMetric')
     assert cfg.test_evaluator.type == expected_metric
     assert METRICS.get(expected_metric) is not None
 

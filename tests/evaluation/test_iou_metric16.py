@@ -1,4 +1,4 @@
-"""IoUMetric16 scores like mmseg's IoUMetric and saves class ids above 255 intact."""
+"""IoUMetric16 scores like ReferenceIoUMetric and saves class ids above 255 intact."""
 import numpy as np
 import torch
 from mmengine.structures import PixelData
@@ -6,7 +6,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.structures import SegDataSample
 from PIL import Image
 
-from mmseg_hclip.evaluation import IoUMetric16
+from mmseg_hclip.evaluation import IoUMetric16, ReferenceIoUMetric
 
 
 def _sample(pred, gt, name):
@@ -22,12 +22,14 @@ def test_same_scores_and_16bit_predictions(tmp_path):
     gt = np.array([[0, 255, 300], [846, 65535, 5]])
     pred = np.array([[0, 255, 301], [846, 846, 5]])
     metrics = {}
-    for cls, out in ((IoUMetric, tmp_path / 'a'), (IoUMetric16, tmp_path / 'b')):
+    for cls, out in ((IoUMetric, tmp_path / 'a'), (IoUMetric16, tmp_path / 'b'),
+                     (ReferenceIoUMetric, tmp_path / 'c')):
         m = cls(ignore_index=65535, output_dir=str(out))
         m.dataset_meta = dict(classes=classes)
         m.process({}, [_sample(pred, gt, 'img1')])
         metrics[cls.__name__] = m.compute_metrics(m.results)
-    assert metrics['IoUMetric'] == metrics['IoUMetric16']
+    assert metrics['ReferenceIoUMetric'] == metrics['IoUMetric16']
+    assert metrics['IoUMetric16']['mIoU_mmseg'] == metrics['IoUMetric']['mIoU']
     saved = np.array(Image.open(tmp_path / 'b' / 'img1.png'))
     np.testing.assert_array_equal(saved, pred)  # 301 and 846 survive
     wrapped = np.array(Image.open(tmp_path / 'a' / 'img1.png'))

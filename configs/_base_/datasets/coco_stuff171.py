@@ -50,5 +50,5 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'], ignore_index=ignore_index)
+val_evaluator = dict(type='ReferenceIoUMetric', iou_metrics=['mIoU'], ignore_index=ignore_index)
 test_evaluator = val_evaluator

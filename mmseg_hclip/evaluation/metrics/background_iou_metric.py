@@ -5,21 +5,23 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS
+
+from .reference_iou_metric import ReferenceIoUMetric
 
 
 @METRICS.register_module()
-class BackgroundMappedIoUMetric(IoUMetric):
-    """MMSeg's ``IoUMetric`` after mapping every predicted index >= ``background_index``
-    to ``background_index``.
+class BackgroundMappedIoUMetric(ReferenceIoUMetric):
+    """:class:`ReferenceIoUMetric` after mapping every predicted index >=
+    ``background_index`` to ``background_index``.
 
     PAS-20b queries the model with 59 names (20 VOC classes, then 39 PASCAL
     Context classes standing for background); a prediction of any proxy counts
     as background. Scoring then covers ``background_index + 1`` classes
-    (20 VOC classes + background = 21): per-class IoU, mIoU, aAcc etc. exactly
-    as ``IoUMetric`` computes them, with the class table naming the last class
-    ``background_name``.
+    (20 VOC classes + background = 21): per-class IoU, mIoU (over the classes
+    with ground truth, as the reference's VOC-b evaluator; MMSeg's mean as
+    ``mIoU_mmseg``), aAcc etc. exactly as ``ReferenceIoUMetric`` computes
+    them, with the class table naming the last class ``background_name``.
 
     Args:
         background_index (int, optional): First proxy index and the label of
@@ -89,7 +91,7 @@ class BackgroundMappedIoUMetric(IoUMetric):
                     osp.abspath(osp.join(self.output_dir, f'{basename}.png')))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        """``IoUMetric.compute_metrics`` with the 21 scored class names."""
+        """``ReferenceIoUMetric.compute_metrics`` with the 21 scored class names."""
         full_meta = self.dataset_meta
         self.dataset_meta = dict(full_meta, classes=tuple(self.scored_class_names()))
         try:

@@ -2,18 +2,20 @@ import os.path as osp
 from typing import Sequence
 
 import numpy as np
-from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 from PIL import Image
 
+from .reference_iou_metric import ReferenceIoUMetric
+
 
 @METRICS.register_module()
-class IoUMetric16(IoUMetric):
-    """mmseg's :class:`IoUMetric` whose saved predictions hold any class id.
+class IoUMetric16(ReferenceIoUMetric):
+    """:class:`ReferenceIoUMetric` whose saved predictions hold any class id.
 
     With ``output_dir`` set (``tools/test.py --out DIR``), mmseg's metric writes
     predictions as uint8 PNGs, which silently wraps class ids above 255 (A-847,
-    PC-459). This subclass scores exactly as IoUMetric and writes uint8 PNGs
+    PC-459). This subclass scores exactly as ReferenceIoUMetric (``mIoU`` over the
+    classes with ground truth, MMSeg's mean as ``mIoU_mmseg``) and writes uint8 PNGs
     for up to 256 classes and 16-bit PNGs beyond.
     """
 
