@@ -1,15 +1,17 @@
-"""HCLIPAdapter on tiny open_clip CLIPs, against independent dense computations."""
+"""HCLIPAdapter on tiny open_clip CLIPs, against ``peft/reference.py`` (dense, per equation) and
+unmodified open_clip."""
 import copy
 from unittest import mock
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
-from mmseg_hclip.peft import OFFICIAL_COMPAT, HCLIPAdapter, mode_product
+from mmseg_hclip.peft import OFFICIAL_COMPAT, HCLIPAdapter, reference
 from mmseg_hclip.peft.testing import perturb_adapter as randomize
 from mmseg_hclip.peft.testing import random_inputs, tiny_clip
+
+from .oracle import reference_blocks, reference_weights
 
 Q = 32  # block size for the tiny CLIP: image width 128 -> 4 blocks, text width 64 -> 2 blocks
 
@@ -42,72 +44,22 @@ def _max_diff(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
-# ---------------------------------------------------------------- independent reference
-def _positions(adapter, tower):
-    """(layer, target) -> position along mode 4 (layer-major, relative-depth slots)."""
-    l_max = max(s.num_layers for s in adapter.towers.values())
-    spec = adapter.towers[tower]
-    n_t = len(adapter.targets)
-    return {(l, t): ((l + 1) * l_max // spec.num_layers - 1) * n_t + i
-            for l in range(spec.num_layers) for i, t in enumerate(adapter.targets)}
-
-
-def _slice_offset(adapter, tower):
-    return 0 if tower == 'text' else adapter.towers['text'].width // adapter.block_size
-
-
-def _reference_mixed(adapter):
-    """T after DCRC, computed with mode products in the paper's q×q×S×M layout (fp64)."""
-    T = adapter.dcrc_tensor().detach().double()
-    dcrc = adapter.dcrc
-    if dcrc is None:
-        return T
-    if dcrc.variant == 'mlp':
-        act = {'gelu': F.gelu, 'relu': F.relu}[dcrc.f3.activation]
-        f3 = lambda X: mode_product(act(mode_product(X, dcrc.f3.weight1.double(), 2)),
-                                    dcrc.f3.weight2.double(), 2)
-        f4 = lambda X: mode_product(act(mode_product(X, dcrc.f4.weight1.double(), 3)),
-                                    dcrc.f4.weight2.double(), 3)
-        return T + dcrc.alpha.double() * f4(f3(T))  # α [S, M] broadcasts over q×q
-    s3, s4 = dcrc.s3.detach().double(), dcrc.s4.detach().double()
-    if s3.dim() == 2:  # Eq. 16
-        return mode_product(mode_product(T, s3, 2), s4, 3)
-    # one S3 per layer index (M / L consecutive positions each), as the authors' code builds
-    # layer l's blocks: mode 4 mixed first, then mode 3 with the map of the destination's layer
-    X = mode_product(T, s4, 3)
-    per = X.shape[3] // s3.shape[0]
-    return torch.stack([mode_product(X[..., d], s3[d // per], 2) for d in range(X.shape[3])], -1)
-
-
+# ---------------------------------------------------------------- the oracle: peft/reference.py
 def _reference_model(clip, adapter):
-    """A copy of clip whose target weights are replaced by dense W·B / B·W (fp64 maths)."""
-    T = _reference_mixed(adapter)
-    q = adapter.block_size
-    eye = torch.eye(q, dtype=torch.float64)
+    """A copy of clip whose target weights are those of ``peft/reference.py`` (fp64 maths)."""
     ref = copy.deepcopy(clip)
-    params = dict(ref.named_parameters())
-    for tower, spec in adapter.towers.items():
-        b, off = spec.width // q, _slice_offset(adapter, tower)
-        for (layer, target), m in _positions(adapter, tower).items():
-            blocks = [T[:, :, off + i, m] for i in range(b)]
-            if tower in adapter.orthogonal_towers:
-                sign = -1.0 if adapter.cayley_convention == 'official' else 1.0
-                rs = []
-                for P in blocks:
-                    Qs = sign * 0.5 * (P - P.T)
-                    rs.append((eye + Qs) @ torch.linalg.inv(eye - Qs))
-                blocks = rs
-            B = torch.block_diag(*blocks)
-            if target == 'out':
-                p, rows = params[spec.out_proj_names[layer]], slice(None)
-            else:
-                i = 'qkv'.index(target)
-                p = params[spec.in_proj_names[layer]]
-                rows = slice(i * spec.width, (i + 1) * spec.width)
-            W = p.data[rows].double()
-            new = W @ B if adapter.sides[target] == 'input' else B @ W
-            p.data[rows] = new.float()
+    weights = reference_weights(copy.deepcopy(adapter).double(), copy.deepcopy(clip).double())
+    with torch.no_grad():
+        for name, w in weights.items():
+            ref.get_parameter(name).copy_(w)
     return ref
+
+
+def _raw_blocks(adapter):
+    """tower -> the stored blocks as ``[L_t, n_targets, b_t, q, q]`` (layer, target, block)."""
+    q, n_t = adapter.block_size, len(adapter.targets)
+    return {t: adapter.blocks[t].reshape(s.num_layers, n_t, s.width // q, q, q)
+            for t, s in adapter.towers.items()}
 
 
 # ---------------------------------------------------------------- tests
@@ -142,6 +94,46 @@ def test_trained_adapter_matches_dense_reference(base_clip, inputs, variant):
     assert _max_diff(got, _features(reference, inputs)) <= 1e-4
 
 
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_fp64_weights_blocks_and_gradients_equal_the_reference(variant):
+    """fp64: weights and final blocks to rounding; gradients of every adapter parameter (custom
+    Cayley and layer-wise backward) equal plain autograd through the reference. Towers of
+    different depth (3 image, 2 text layers) exercise the padding slots."""
+    clip = tiny_clip(vision_layers=3, text_layers=2).double()
+    adapter = randomize(HCLIPAdapter(clip, block_size=Q, **VARIANTS[variant]), seed=4).double()
+    weights, expected = adapter(clip), reference_weights(adapter, clip)
+    assert set(weights) == set(expected)
+    for name, w in weights.items():
+        assert w.dtype == torch.float64
+        torch.testing.assert_close(w, expected[name], atol=1e-12, rtol=1e-10)
+    blocks, ref_blocks = adapter.transforms(), reference_blocks(adapter)
+    for tower in blocks:
+        torch.testing.assert_close(blocks[tower], ref_blocks[tower], atol=1e-12, rtol=1e-10)
+    g = torch.Generator().manual_seed(1)
+    G = {n: torch.randn(w.shape, generator=g, dtype=torch.float64) for n, w in weights.items()}
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    loss = lambda ws: sum((ws[n] * G[n]).sum() for n in sorted(ws))
+    got = torch.autograd.grad(loss(weights), params)
+    want = torch.autograd.grad(loss(expected), params)
+    for (name, _), a, b in zip([(n, p) for n, p in adapter.named_parameters() if p.requires_grad],
+                               got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize('variant', ['pof-mlp', 'official-compat', 'all-linear'])
+def test_fp32_gradients_equal_the_reference(base_clip, variant):
+    adapter = randomize(HCLIPAdapter(base_clip, block_size=Q, **VARIANTS[variant]), seed=6)
+    weights, expected = adapter(base_clip), reference_weights(adapter, base_clip)
+    g = torch.Generator().manual_seed(2)
+    G = {n: torch.randn(w.shape, generator=g) for n, w in weights.items()}
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    loss = lambda ws: sum((ws[n] * G[n]).sum() for n in sorted(ws))
+    got = torch.autograd.grad(loss(weights), params)
+    want = torch.autograd.grad(loss(expected), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
 def test_different_depth_slots_padding_and_reference():
     clip = tiny_clip(vision_layers=3, text_layers=2)
     inputs = random_inputs(clip)
@@ -152,19 +144,28 @@ def test_different_depth_slots_padding_and_reference():
     # text layers 0, 1 sit at layer slots 0 and 2 (last layers aligned); slot 1 is padding
     assert torch.count_nonzero(T[:, :, :2, 4:8]) == 0
     torch.testing.assert_close(T[:, :, 0, 8 + 3], adapter.blocks['text'][4 + 3, 0].detach())
+    for name, w in reference_weights(adapter, clip).items():
+        torch.testing.assert_close(adapter(clip)[name], w, atol=2e-5, rtol=1e-4)
     reference = _reference_model(clip, adapter)
     assert _max_diff(_features(clip, inputs, adapter(clip)), _features(reference, inputs)) <= 1e-4
 
 
-def test_dcrc_tensor_layout(base_clip):
-    adapter = randomize(HCLIPAdapter(base_clip, block_size=Q, dcrc='off'))
-    T = adapter.dcrc_tensor()
-    assert T.shape == (Q, Q, 2 + 4, 4 * 2)
-    for tower, spec in adapter.towers.items():
-        off = _slice_offset(adapter, tower)
-        for (layer, target), m in _positions(adapter, tower).items():
-            for i in range(spec.width // Q):
-                torch.testing.assert_close(T[:, :, off + i, m], adapter.blocks[tower][m, i])
+@pytest.mark.parametrize('layers', [(2, 2), (3, 2)])
+def test_dcrc_tensor_is_the_papers_block_tensor(layers):
+    """``dcrc_tensor()`` (raw and mixed) equals Eq. 6-7 (and 16/17) of the reference."""
+    clip = tiny_clip(vision_layers=layers[0], text_layers=layers[1])
+    for kwargs in (dict(dcrc='off'), dict(), dict(OFFICIAL_COMPAT)):
+        adapter = randomize(HCLIPAdapter(clip, block_size=Q, **kwargs))
+        T = reference.block_tensor(_raw_blocks(adapter))
+        assert T.shape == (Q, Q, 2 + 4, 4 * max(layers))
+        assert torch.equal(adapter.dcrc_tensor(), T)
+        if adapter.dcrc is not None:
+            d = adapter.dcrc
+            mixed = (reference.dcrc_linear(T, d.s3, d.s4) if d.variant == 'linear' else
+                     reference.dcrc_mlp(T, (d.f3.weight1, d.f3.weight2),
+                                        (d.f4.weight1, d.f4.weight2), d.alpha))
+            torch.testing.assert_close(adapter.dcrc_tensor(mixed=True), mixed, atol=1e-5,
+                                       rtol=1e-5)
 
 
 def test_weight_names_state_dict_and_tower_selection(base_clip):
