@@ -1,7 +1,22 @@
 """H-CLIP's method in plain PyTorch (no mm* imports): POF, DCRC, hyperspherical energy,
 tensor products, and the adapter that applies them to an open_clip ViT CLIP.
 
-Map from the paper to the code (details in ``docs/method.md``):
+How to read ``peft/``:
+
+1. :mod:`.reference` — the method as the paper writes it, one short function per equation
+   (Cayley, ``diag(R)``, ``W·B`` / ``B·W``, the q×q×S×M block tensor, linear and MLP DCRC),
+   dense and slow. Start here; the tests compare everything below with it.
+2. :mod:`.adapter` — :class:`HCLIPAdapter`, the same computation fast for a whole CLIP: one
+   DCRC mixing, one batched Cayley solve and batched block products per call, on a stored
+   ``[M, S, q, q]`` layout with a cache of the frozen weights. It uses
+   :mod:`.dcrc` (relation maps on that layout), :mod:`.block_transforms` (Cayley solve and
+   block products with hand-written backward passes, fp32 under autocast, single-threaded
+   small solves), :mod:`.clip_towers` (where the q/k/v/out weights of open_clip live) and
+   :mod:`.merging` (merge/unmerge for inference).
+3. :mod:`.energy` (hyperspherical energy, Eq. 1) and :mod:`.tensor_products` (the T-product
+   theory of §3.2 and supplementary A, which DCRC's mode products come from) stand alone.
+
+Map from the paper to the fast code (details in ``docs/method.md``):
 
 ==================  ======================================================================
 Eq. 1 (§3.1)        :func:`hyperspherical_energy`, :func:`relative_energy_drift`

@@ -250,10 +250,10 @@ class _LayerwiseBlockProduct(torch.autograd.Function):
     """One batched product for all layers, returned and differentiated layer by layer.
 
     Forward: a single ``bmm`` over every (layer, weight, block); the result is handed out as one
-    tensor per layer. Backward: each layer's weight gradient arrives separately; its block
-    gradient is computed by its own ``bmm`` straight into one preallocated buffer, so the L
-    weight gradients are never stacked into one big tensor (that copy cost as much as the
-    product itself on CPU). Both run in fp32 (fp64 for fp64 inputs) with autocast off; the
+    tensor per layer. Backward: runs once, with the gradients of all L weights (autograd calls
+    it when every output's gradient is complete); each layer's block gradient is computed by
+    its own ``bmm`` straight into one preallocated buffer, so the L weight gradients are never
+    stacked into one big tensor (that copy cost as much as the product itself on CPU). Both run in fp32 (fp64 for fp64 inputs) with autocast off; the
     weights are cast once to ``dtype`` and the block gradient is returned in the blocks' dtype.
     """
 

@@ -66,13 +66,10 @@ CHILDREN = {
         f'{ADAPTER}.sides', f'{ADAPTER}.dcrc', f'{ADAPTER}.dcrc_per_layer',
         f'{ADAPTER}.cayley_convention', 'optimizer', 'optim_wrapper', 'param_scheduler',
         'base_lr', 'clip_lr', 'head_lr_mult')),
+    # ViT-L/14@336px: only the model; crops, test views and data are the ViT-B/16 ones (384)
     MAIN['vitl14']: (MAIN['vitb16'], (
-        'crop_size', 'data_preprocessor.size', 'model.data_preprocessor.size',
         'model.backbone.arch', 'model.backbone.img_size', 'model.backbone.guidance_layers',
-        'model.decode_head.in_channels', 'model.decode_head.guidance_channels',
-        'model.test_cfg.crop_size', 'train_pipeline.2.scale', 'train_pipeline.3.crop_size',
-        'train_dataloader.dataset.pipeline.2.scale',
-        'train_dataloader.dataset.pipeline.3.crop_size')),
+        'model.decode_head.in_channels', 'model.decode_head.guidance_channels')),
 }
 for _arch in MAIN:
     for _bench, (_, _, _ignore, _metric) in BENCHMARKS.items():
@@ -285,13 +282,27 @@ def test_paper_recipe_vitb16():
 
 
 def test_vitl14_recipe():
+    """OpenAI ViT-L/14@336px (24x24 native grid); 384 crops and views, resized to 336 inside."""
+    import open_clip
     cfg = load(MAIN['vitl14'])
     base = load('configs/_base_/models/hclip_vitl14.py')
     assert cfg.model == base.model and cfg.data_preprocessor == base.data_preprocessor
     assert cfg.optim_wrapper == load(MAIN['vitb16']).optim_wrapper
+    backbone = cfg.model.backbone
+    assert backbone.arch == 'ViT-L-14-336' and backbone.img_size == 336
+    assert backbone.pretrained == 'openai' and backbone.quick_gelu
+    vision = open_clip.get_model_config(backbone.arch)['vision_cfg']
+    grid = vision['image_size'] // vision['patch_size']
+    assert grid == 24 == cfg.model.decode_head.feature_size[0]
+    assert vision['image_size'] == backbone.img_size  # the native grid: no positional resize
+    assert cfg.model.get('resize_to_backbone', True)
+    assert random_crop(cfg) == (384, 384) == tuple(cfg.model.data_preprocessor.size)
+    test_cfg = cfg.model.test_cfg
+    assert (test_cfg.mode, tuple(test_cfg.resize_to), tuple(test_cfg.crop_size),
+            tuple(test_cfg.stride)) == ('reference', (640, 640), (384, 384), (256, 256))
 
 
-@pytest.mark.parametrize('path', [MAIN['vitb16'], MAIN['vitl14'], OFFICIAL])
+@pytest.mark.parametrize('path', [MAIN['vitb16'], OFFICIAL])
 def test_training_crop_matches_backbone_input(path):
     cfg = load(path)
     size = cfg.model.backbone.img_size

@@ -184,6 +184,65 @@ def test_whole_inference_and_predict_at_original_size(trained):
     torch.testing.assert_close(result.pred_sem_seg.data[0], result.seg_logits.data.argmax(0))
 
 
+def head_scores(model, view, size):
+    """CAT-Seg's view path written out: the view resized (bilinear) to CLIP's input size,
+    CLIP + head, logits resized to ``size``, sigmoid."""
+    clip_in = F.interpolate(view, size=(96, 96), mode='bilinear', align_corners=False)
+    feats = model.extract_feat(clip_in)
+    logits = model.decode_head.forward(feats)
+    return F.interpolate(logits, size=size, mode='bilinear', align_corners=False).sigmoid()
+
+
+def test_training_crop_larger_than_clip_input_is_resized_loss_at_crop_size(trained):
+    """ViT-L/14 reference: 384 crops resized to 336 inside the model, loss at 384 (here: 128
+    crops, CLIP input 96). Reference: BCE with logits against one-hot targets, ignored pixels
+    all-negative, the logits of the resized crop upsampled to the 128 labels."""
+    model = copy.deepcopy(trained).train()
+    data = model.data_preprocessor(batch(num=2, size=(128, 128)), True)
+    inputs, samples = data['inputs'], data['data_samples']
+    assert inputs.shape[2:] == (128, 128) and model.backbone_input_size == (96, 96)
+    loss = model.loss(inputs, samples)['decode.loss_bce']
+    labels = torch.stack([s.gt_sem_seg.data[0] for s in samples])
+    with torch.no_grad():
+        clip_in = F.interpolate(inputs, size=(96, 96), mode='bilinear', align_corners=False)
+        logits = model.decode_head.forward(model.extract_feat(clip_in))
+        logits = F.interpolate(logits, size=(128, 128), mode='bilinear', align_corners=False)
+        target = torch.zeros_like(logits)
+        valid = labels != 255
+        target.permute(0, 2, 3, 1)[valid] = F.one_hot(labels[valid], 3).float()
+        expected = F.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    # without the resize CLIP sees 128 pixels (8x8 tokens): a different model output
+    model.resize_to_backbone = False
+    unresized = model.loss(inputs, samples)['decode.loss_bce']
+    assert not torch.allclose(unresized, loss, rtol=1e-3)
+
+
+def test_reference_views_larger_than_clip_input(trained):
+    """ViT-L/14 reference test: 384 views (here 128) from the resized image plus a global view,
+    each resized to CLIP's input size (96), logits back to the view size, sigmoid."""
+    model = copy.deepcopy(trained).eval()
+    model.test_cfg = dict(mode='reference', resize_to=(160, 160), crop_size=(128, 128),
+                          stride=(64, 64))
+    image = torch.randn(1, 3, 120, 100)
+    with torch.no_grad():
+        out = model.inference(image, metas((120, 100)))
+        big = F.interpolate(image, size=(160, 160), mode='bilinear', align_corners=False)
+        total = torch.zeros(1, 3, 160, 160)
+        count = torch.zeros(1, 1, 160, 160)
+        for y in (0, 32):
+            for x in (0, 32):
+                view = big[..., y:y + 128, x:x + 128]
+                total[..., y:y + 128, x:x + 128] += head_scores(model, view, (128, 128))
+                count[..., y:y + 128, x:x + 128] += 1
+        glob = head_scores(model, F.interpolate(image, size=(128, 128), mode='bilinear',
+                                                align_corners=False), (128, 128))
+        glob = F.interpolate(glob, size=(160, 160), mode='bilinear', align_corners=False)
+        ref160 = (total / count + glob) / 2
+        ref = F.interpolate(ref160, size=(120, 100), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_vocabulary_switch_to_a_different_length(trained):
     model = copy.deepcopy(trained).eval()
     data = batch(num=1, size=(100, 130))
@@ -236,23 +295,25 @@ def test_set_vocabulary_via_config():
     assert model.vocabulary == ('a', 'b')
 
 
-@pytest.mark.parametrize('name, size, guidance, width', [('hclip_vitb16', 384, (3, 7), 512),
-                                                         ('hclip_vitl14', 336, (7, 15), 768)])
-def test_reference_configs(name, size, guidance, width):
+@pytest.mark.parametrize('name, arch, size, guidance, width', [
+    ('hclip_vitb16', 'ViT-B-16', 384, (3, 7), 512),
+    ('hclip_vitl14', 'ViT-L-14-336', 336, (7, 15), 768)])
+def test_reference_configs(name, arch, size, guidance, width):
     cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'models', name + '.py'))
     m = cfg.model
     assert m.type == 'HCLIPSegmentor' and m.backbone.pretrained == 'openai'
-    assert m.backbone.quick_gelu is True  # OpenAI weights
+    assert m.backbone.arch == arch and m.backbone.quick_gelu is True  # OpenAI weights
     assert m.backbone.img_size == size and tuple(m.backbone.guidance_layers) == guidance
     assert m.decode_head.in_channels == width and m.decode_head.pad_len == 256
-    assert tuple(m.data_preprocessor.size) == (size, size)
+    # crops and test views are 384 for both (ViT-L/14: resized to 336 inside the segmentor)
+    assert tuple(m.data_preprocessor.size) == (384, 384)
     torch.testing.assert_close(torch.tensor(m.data_preprocessor.mean),
                                torch.tensor([122.77, 116.75, 104.09]), atol=0.01, rtol=0)
     torch.testing.assert_close(torch.tensor(m.data_preprocessor.std),
                                torch.tensor([68.50, 66.63, 70.32]), atol=0.01, rtol=0)
     assert m.data_preprocessor.bgr_to_rgb
     assert m.test_cfg.mode == 'reference' and tuple(m.test_cfg.resize_to) == (640, 640)
-    assert tuple(m.test_cfg.crop_size) == (size, size) and tuple(m.test_cfg.stride) == (256, 256)
+    assert tuple(m.test_cfg.crop_size) == (384, 384) and tuple(m.test_cfg.stride) == (256, 256)
     assert [h.type for h in cfg.custom_hooks] == ['VocabularyHook', 'HypersphericalEnergyHook']
 
 

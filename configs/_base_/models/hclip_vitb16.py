@@ -17,7 +17,7 @@ data_preprocessor = dict(
     bgr_to_rgb=True,
     pad_val=0,
     seg_pad_val=255,  # = the training ignore index (COCO-Stuff-171)
-    size=(384, 384))  # the backbone's input size (crops come from the dataset config)
+    size=(384, 384))  # the training crop size (crops come from the dataset config)
 model = dict(
     type='HCLIPSegmentor',
     data_preprocessor=data_preprocessor,

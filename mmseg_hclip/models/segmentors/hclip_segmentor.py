@@ -35,6 +35,13 @@ class HCLIPSegmentor(EncoderDecoder):
     training, the benchmark's classes before val/test). Label ``i`` of a
     dataset is the ``i``-th name of its ``metainfo['classes']``.
 
+    Input size. CLIP sees its own input size (``backbone.img_size``: 384 for
+    ViT-B/16, 336 for ViT-L/14@336px): with ``resize_to_backbone=True``
+    (default, the reference) a training crop or test view of another size
+    (the ViT-L/14 reference trains on 384 crops and tests on 384 views) is
+    resized bilinearly to it before CLIP; the head's output is then resized to
+    the label (loss) or view (inference) size, as CAT-Seg does.
+
     Inference (``test_cfg.mode``):
 
     - ``'whole'``: the (padded) input as given; the test pipeline should
@@ -61,6 +68,11 @@ class HCLIPSegmentor(EncoderDecoder):
         neck (dict): :class:`HCLIPTextNeck` config.
             Defaults to ``dict(type='HCLIPTextNeck')``.
         class_names (Sequence[str], optional): Initial vocabulary.
+        resize_to_backbone (bool): Resize inputs whose size differs from the
+            backbone's ``img_size`` to it before CLIP (bilinear,
+            ``align_corners=False``). False gives CLIP the input as it is
+            (the backbone then interpolates its positional embedding).
+            Defaults to True.
         train_cfg (dict, optional): Passed to the head's loss.
         test_cfg (dict, optional): ``mode`` and its keys (see above).
             Defaults to ``dict(mode='whole')``.
@@ -74,6 +86,7 @@ class HCLIPSegmentor(EncoderDecoder):
                  decode_head: ConfigType,
                  neck: ConfigType = dict(type='HCLIPTextNeck'),
                  class_names: Optional[Sequence[str]] = None,
+                 resize_to_backbone: bool = True,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
@@ -91,6 +104,7 @@ class HCLIPSegmentor(EncoderDecoder):
             data_preprocessor=data_preprocessor,
             init_cfg=init_cfg)
         self._check_test_cfg(self.test_cfg)
+        self.resize_to_backbone = bool(resize_to_backbone)
         self._vocabulary: Optional[Tuple[str, ...]] = None
         if class_names is not None:
             self.set_vocabulary(class_names)
@@ -120,16 +134,32 @@ class HCLIPSegmentor(EncoderDecoder):
         self._vocabulary = check_vocabulary(class_names)
 
     # ---------------------------------------------------------------- features
+    @property
+    def backbone_input_size(self) -> Optional[Tuple[int, int]]:
+        """``(h, w)`` that CLIP takes (``backbone.img_size``), if the backbone has one."""
+        size = getattr(self.backbone, 'img_size', None)
+        return None if size is None else _pair(size)
+
+    def to_backbone_size(self, inputs: Tensor) -> Tensor:
+        """Resize ``inputs`` [B, 3, H, W] bilinearly to :attr:`backbone_input_size`
+        (when ``resize_to_backbone`` and the sizes differ; else unchanged)."""
+        size = self.backbone_input_size if self.resize_to_backbone else None
+        if size is None or tuple(inputs.shape[2:]) == size:
+            return inputs
+        return F.interpolate(inputs, size=size, mode='bilinear', align_corners=False)
+
     def extract_feat(self, inputs: Tensor) -> Dict:
         """Image and text features of one forward.
 
         Args:
-            inputs (Tensor): Normalised images [B, 3, H, W].
+            inputs (Tensor): Normalised images [B, 3, H, W]; resized to the
+                backbone's input size first (see ``resize_to_backbone``).
 
         Returns:
             dict: ``dense`` [B, C, h, w], ``guidance`` list of [B, D, h, w],
             ``text`` [N, P, C] (L2-normalised), N = len(vocabulary).
         """
+        inputs = self.to_backbone_size(inputs)
         vocabulary = self.vocabulary
         weights = self.backbone.adapted_weights()  # once per forward, for both towers
         feats = self.backbone(inputs, weights)
