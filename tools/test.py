@@ -21,6 +21,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_hclip.apis.inference import (check_state_dict, is_merged_checkpoint,  # noqa: E402
                                         read_checkpoint)
+from mmseg_hclip.engine.model_settings import (ModelSettingsMismatchError,  # noqa: E402
+                                               check_model_settings)
 from mmseg_hclip.utils import check_cfg_options, setup_runtime  # noqa: E402
 
 
@@ -134,7 +136,14 @@ def main():
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     # mmengine loads non-strictly (a checkpoint of another model only warns): require a fit.
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    check_state_dict(model, read_checkpoint(args.checkpoint, mmap=True)[0],
+    state_dict, meta = read_checkpoint(args.checkpoint, mmap=True)
+    try:  # first the settings that give the weights their meaning (adapter, prompts, head)
+        check_model_settings(model, meta, source=f'checkpoint {args.checkpoint}',
+                             target=f'the config {args.config}' +
+                             (' with the given --cfg-options' if args.cfg_options else ''))
+    except ModelSettingsMismatchError as err:
+        raise SystemExit(f'tools/test.py: error: {err}') from None
+    check_state_dict(model, state_dict,
                      source=f'checkpoint {args.checkpoint}', target=f'the model of {args.config}')
     runner.test()
 

@@ -18,8 +18,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
 
+from mmseg_hclip.engine.model_settings import (ModelSettingsMismatchError,  # noqa: E402
+                                               check_model_settings)
 from mmseg_hclip.utils import check_cfg_options, setup_runtime  # noqa: E402
 
 
@@ -60,6 +62,32 @@ def parse_args():
     return args
 
 
+def ensure_model_settings_hook(cfg) -> None:
+    """Every checkpoint records the model settings that give its weights their meaning.
+
+    The model configs list ``ModelSettingsHook`` in ``custom_hooks``; a child config that
+    rewrites that list without it gets it back here (it only adds a record to the checkpoint
+    meta and checks it on load).
+    """
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(isinstance(h, dict) and h.get('type') == 'ModelSettingsHook' for h in hooks):
+        hooks.append(dict(type='ModelSettingsHook'))
+        cfg.custom_hooks = hooks
+        print_log('tools/train.py: added ModelSettingsHook to custom_hooks (checkpoints record '
+                  'the model settings that give their weights their meaning)', logger='current')
+
+
+def check_resume_settings(runner, checkpoint: str, config: str) -> None:
+    """Refuse ``--resume`` onto a checkpoint trained with other model settings."""
+    from mmseg_hclip.apis.inference import read_checkpoint
+    _, meta = read_checkpoint(checkpoint, mmap=True)
+    try:
+        check_model_settings(runner.model, meta, source=f'checkpoint {checkpoint}',
+                             target=f'the config {config}')
+    except ModelSettingsMismatchError as err:
+        raise SystemExit(f'tools/train.py: error: {err}') from None
+
+
 def main():
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -93,8 +121,13 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
+    ensure_model_settings_hook(cfg)
     setup_runtime(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if cfg.resume:
+        resume_from = cfg.load_from or find_latest_checkpoint(cfg.work_dir)
+        if resume_from:
+            check_resume_settings(runner, resume_from, args.config)
     runner.train()
 
 

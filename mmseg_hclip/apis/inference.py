@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from ..engine.model_settings import check_model_settings
 from ..models.necks.text_embedding_neck import check_vocabulary
 from ..utils.checkpoint import load_checkpoint_safely
 
@@ -208,6 +209,8 @@ def build_model_from_state(config: Config, state_dict: Optional[Dict[str, torch.
     if state_dict is not None:
         target = 'the model of this config' + (' (built without adapter: merged checkpoint)'
                                                if is_merged_checkpoint(meta) else '')
+        # the settings that give the weights their meaning first: the message names the fix
+        check_model_settings(model, meta, source=source, target='the config')
         check_state_dict(model, state_dict, source=source, target=target)
         model.load_state_dict(state_dict, strict=True)
         dataset_meta = (meta or {}).get('dataset_meta', None)
@@ -239,6 +242,9 @@ def init_model(config: Union[str, Path, Config],
 
     Raises:
         FileNotFoundError: Missing config or checkpoint.
+        ModelSettingsMismatchError: The checkpoint was trained with other model settings
+            (adapter, prompts, head) than the config builds; lists them and the
+            ``--cfg-options`` that match it. A checkpoint without a record only warns.
         CheckpointMismatchError: The checkpoint does not fit the config's model.
         ValueError: Bad device.
     """

@@ -607,6 +607,34 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         }
         return counts
 
+    def weight_settings(self) -> Dict[str, object]:
+        """The settings that decide what the adapter's parameters mean (for checkpoints).
+
+        Two adapters with equal settings read the same parameters the same way; a difference
+        in any of them (e.g. ``orthogonal``, ``cayley_convention``, ``sides``, ``dcrc``) makes
+        the same tensors give other weights. Values are plain (JSON-like) and resolved:
+        ``sides`` is a preset name when it is one, else the per-target dict; ``dcrc_hidden``
+        holds the built widths; settings that do not apply to the DCRC variant hold their
+        defaults (so the values always build an equal adapter). ``train``, ``freeze_clip`` and
+        ``cache_frozen`` do not change the meaning and are left out.
+
+        Returns:
+            dict: keyword argument of :class:`HCLIPAdapter` -> value.
+        """
+        sides = next((name for name, preset in SIDE_PRESETS.items()
+                      if {t: preset[t] for t in self.targets} == self.sides), dict(self.sides))
+        mlp = self.dcrc_variant == 'mlp'
+        return dict(
+            block_size=self.block_size,
+            orthogonal=self.orthogonal,
+            sides=sides,
+            dcrc=self.dcrc_variant,
+            targets=list(self.targets),
+            cayley_convention=self.cayley_convention,
+            dcrc_hidden=[self.dcrc.f3.hidden, self.dcrc.f4.hidden] if mlp else None,
+            dcrc_activation=self.dcrc.f3.activation if mlp else 'gelu',  # the default
+            dcrc_per_layer=bool(self.dcrc_variant == 'linear' and self.dcrc.s3.dim() == 3))
+
     def extra_repr(self) -> str:
         towers = ', '.join(f'{n}: L={s.num_layers} d={s.width} b={s.width // self.block_size}'
                            for n, s in self.towers.items())

@@ -60,4 +60,7 @@ model = dict(
 custom_hooks = [
     dict(type='VocabularyHook'),  # the vocabulary follows the running dataset
     dict(type='HypersphericalEnergyHook', interval=300),  # relative HE drift of text targets
+    # every checkpoint records the adapter / prompt / head settings its weights mean something
+    # under; tools/test.py, demo.py, init_model and --resume refuse other settings
+    dict(type='ModelSettingsHook'),
 ]
