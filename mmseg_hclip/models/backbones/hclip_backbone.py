@@ -71,9 +71,15 @@ class HCLIPBackbone(BaseModule):
             supported. Defaults to ``'ViT-B-16'``.
         pretrained (str, optional): Weight source: an open_clip pretrained
             tag (e.g. ``'openai'``; needs a named ``arch`` and internet or a
-            filled open_clip cache), a local checkpoint file (an open_clip or
-            OpenAI state dict), or None for random initialisation (tests).
-            Defaults to None.
+            filled open_clip cache; offline without a cached file it fails
+            within seconds), a local weights file, or None for random
+            initialisation (tests). Local files, read safely by
+            :func:`mmseg_hclip.utils.checkpoint.read_clip_state_dict`:
+            OpenAI's TorchScript archives (``ViT-B-16.pt``,
+            ``ViT-L-14-336px.pt``), OpenAI/open_clip state dicts and
+            open_clip training checkpoints (``.pt``/``.pth``), the Hugging
+            Face hub files of open_clip (``open_clip_pytorch_model.bin``,
+            ``open_clip_model.safetensors``). Defaults to None.
         img_size (int | tuple[int, int]): The input size the model is trained
             and tested at (ViT-B/16: 384, ViT-L/14: 336); other input sizes
             are accepted. The positional embedding keeps the grid it was
@@ -96,8 +102,9 @@ class HCLIPBackbone(BaseModule):
         quick_gelu (bool, optional): Use QuickGELU activations, as the OpenAI
             weights need. None: True when ``pretrained`` is a tag whose
             open_clip entry says so (e.g. ``'openai'``), else the arch's own
-            setting. Set it explicitly when loading OpenAI weights from a
-            local file. Defaults to None.
+            setting; for a local OpenAI TorchScript archive True (its code
+            defines QuickGELU). Set it explicitly when loading OpenAI weights
+            from a state-dict file (.pth/.bin/.safetensors). Defaults to None.
         adapter (dict, optional): Keyword arguments of
             :class:`mmseg_hclip.peft.HCLIPAdapter` (``block_size``,
             ``orthogonal``, ``sides``, ``dcrc``, ``train``, ``targets``), or
@@ -242,7 +249,8 @@ class HCLIPBackbone(BaseModule):
             elif _looks_like_path(pretrained) or not isinstance(arch, str):
                 raise FileNotFoundError(
                     f"CLIP weights file pretrained='{pretrained}' does not exist. Pass an "
-                    'existing local checkpoint file (open_clip or OpenAI state dict), an '
+                    'existing local weights file (OpenAI .pt, open_clip .pt/.bin/.safetensors), '
+                    'an '
                     "open_clip tag with a named arch (e.g. arch='ViT-B-16', "
                     "pretrained='openai'), or pretrained=None for random weights.")
             else:
@@ -250,6 +258,9 @@ class HCLIPBackbone(BaseModule):
                 raise ValueError(f"pretrained='{pretrained}' is neither a known open_clip tag of "
                                  f"'{arch}' (known: {tags}) nor an existing file.")
 
+        if quick_gelu is None and checkpoint_path is not None and not tag_cfg:
+            from mmseg_hclip.utils.checkpoint import torchscript_uses_quick_gelu
+            quick_gelu = torchscript_uses_quick_gelu(checkpoint_path) or None
         if quick_gelu is None:
             quick_gelu = bool(tag_cfg.get('quick_gelu', model_cfg.get('quick_gelu', False)))
         model_cfg['quick_gelu'] = bool(quick_gelu)
@@ -265,7 +276,7 @@ class HCLIPBackbone(BaseModule):
         if checkpoint_path is not None:
             # a checkpoint on the architecture's native grid loads as it is (open_clip would
             # resize any other grid to the native one)
-            open_clip.load_checkpoint(clip, checkpoint_path, strict=True)
+            _load_clip_weights(clip, checkpoint_path, arch_name)
         return clip
 
     @property
@@ -568,21 +579,183 @@ class HCLIPBackbone(BaseModule):
         return F.normalize(x, dim=-1) if normalize else x
 
 
+def _no_weights_error(arch: str, tag: str, reason: str) -> RuntimeError:
+    return RuntimeError(
+        f"Could not obtain the open_clip weights '{tag}' of {arch} ({reason}). Without "
+        'internet, download the checkpoint on another machine and pass '
+        f"the local file instead: backbone=dict(pretrained='/path/to/{arch}.pt', "
+        "quick_gelu=True)  (for OpenAI weights), e.g. with --cfg-options "
+        f'model.backbone.pretrained=/path/to/{arch}.pt')
+
+
 def _download_tag(arch: str, tag: str, tag_cfg: dict, cache_dir: Optional[str]) -> str:
+    """The local file of an open_clip pretrained tag: cached, else downloaded.
+
+    A file already in the Hugging Face cache is used without touching the network. Before a
+    download, the host is probed with one short TCP connection (:func:`_offline_reason`):
+    offline (or ``HF_HUB_OFFLINE=1``) the error comes within seconds instead of after the
+    hub client's retries (about a minute), with the same advice.
+    """
     from open_clip import pretrained as oc_pretrained
+    cached = _cached_tag_file(tag_cfg, cache_dir)
+    if cached:
+        return cached
+    reason = _offline_reason(tag_cfg)
+    if reason:
+        url_cached = _url_cached_file(tag_cfg, cache_dir)
+        if url_cached:
+            return url_cached
+        raise _no_weights_error(arch, tag, reason)
     try:
         path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as err:  # network, hub or disk errors: all mean "no weights"
-        raise RuntimeError(
-            f"Could not obtain the open_clip weights '{tag}' of {arch} ({type(err).__name__}: "
-            f'{err}). Without internet, download the checkpoint on another machine and pass '
-            f"the local file instead: backbone=dict(pretrained='/path/to/{arch}.pt', "
-            "quick_gelu=True)  (for OpenAI weights), e.g. with --cfg-options "
-            f'model.backbone.pretrained=/path/to/{arch}.pt') from err
+        raise _no_weights_error(arch, tag, f'{type(err).__name__}: {err}') from err
     if not path or not osp.isfile(path):
         raise RuntimeError(f"open_clip returned no file for the weights '{tag}' of {arch}. Pass a "
                            "local checkpoint file as pretrained='/path/to/file.pt'.")
     return path
+
+
+# ------------------------------------------------------------------- weight files and tags
+def _load_clip_weights(clip: nn.Module, path: str, arch_name: str) -> None:
+    """Load CLIP weights from any file the safe reader accepts into ``clip``, strictly.
+
+    :func:`mmseg_hclip.utils.checkpoint.read_clip_state_dict` reads the file (OpenAI
+    TorchScript archive, state dict, open_clip checkpoint, safetensors; never
+    ``weights_only=False``); then the massaging of open_clip's ``load_checkpoint``:
+    third-party layouts through open_clip's ``convert_state_dict``, ``logit_scale`` shape,
+    and a positional embedding on another grid than the model's resized by open_clip's
+    ``resize_pos_embed`` (a file on the architecture's native grid loads as it is).
+
+    Raises:
+        ValueError: The weights do not fit the architecture (missing / unexpected keys,
+            shapes), naming the file, what it holds and the configured architecture.
+    """
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    from mmseg_hclip.utils.checkpoint import describe_clip_state_dict, read_clip_state_dict
+
+    state_dict = read_clip_state_dict(path)
+    state_dict = convert_state_dict(clip, state_dict)
+    scale = state_dict.get('logit_scale')
+    if isinstance(scale, torch.Tensor) and scale.ndim != clip.logit_scale.ndim:
+        state_dict['logit_scale'] = scale.reshape(clip.logit_scale.shape)
+    own = clip.state_dict()
+    file_arch = describe_clip_state_dict(state_dict)
+    pos = state_dict.get('visual.positional_embedding')
+    if isinstance(pos, torch.Tensor) and pos.shape[-1] == own['visual.positional_embedding'].shape[
+            -1]:
+        resize_pos_embed(state_dict, clip)
+    text_pos = state_dict.get('positional_embedding')
+    if isinstance(text_pos, torch.Tensor) and text_pos.shape[-1] == own[
+            'positional_embedding'].shape[-1]:
+        resize_text_pos_embed(state_dict, clip)
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k}: {tuple(state_dict[k].shape)} in the file, {tuple(v.shape)} in the model'
+              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"CLIP weights pretrained='{path}' do not fit the configured {arch_name} "
+            f'({describe_clip_state_dict(own)}): the file holds a {file_arch}. Missing keys '
+            f'{missing[:5]}{" ..." if len(missing) > 5 else ""}, unexpected keys '
+            f'{unexpected[:5]}{" ..." if len(unexpected) > 5 else ""}, shape mismatches '
+            f'{shapes[:3]}. Set backbone.arch to the architecture of the file (e.g. '
+            "'ViT-B-16' for ViT-B-16.pt, 'ViT-L-14-336' for ViT-L-14-336px.pt).")
+    clip.load_state_dict(state_dict, strict=True)
+
+
+def _hf_endpoint_host() -> Tuple[str, int]:
+    from urllib.parse import urlparse
+    url = urlparse(os.environ.get('HF_ENDPOINT') or 'https://huggingface.co')
+    return url.hostname or 'huggingface.co', url.port or (80 if url.scheme == 'http' else 443)
+
+
+def _tag_source(tag_cfg: dict) -> Tuple[str, str]:
+    """('hf', 'org/model/filename') or ('url', url): where open_clip would fetch the tag."""
+    from open_clip import pretrained as oc_pretrained
+    if tag_cfg.get('hf_hub') and oc_pretrained.has_hf_hub():
+        return 'hf', tag_cfg['hf_hub']
+    return 'url', tag_cfg.get('url', '')
+
+
+def _cached_tag_file(tag_cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
+    """The tag's file if the Hugging Face cache already holds it (no network)."""
+    if tag_cfg.get('file'):
+        return tag_cfg['file']
+    kind, source = _tag_source(tag_cfg)
+    if kind != 'hf':
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip import pretrained as oc_pretrained
+    model_id, filename = os.path.split(source)  # as open_clip's download_pretrained
+    filename = filename or oc_pretrained.HF_WEIGHTS_NAME
+    names = list(oc_pretrained._get_safe_alternatives(filename)) + [filename]
+    for name in names:
+        try:
+            found = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+        except Exception:  # a malformed cache is the same as no cache here
+            found = None
+        if isinstance(found, str) and osp.isfile(found):
+            return found
+    return None
+
+
+def _url_cached_file(tag_cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
+    """open_clip's URL download cache (``~/.cache/clip/<file>``) for a tag, if present."""
+    url = tag_cfg.get('url', '')
+    if not url:
+        return None
+    path = osp.join(cache_dir or osp.expanduser('~/.cache/clip'), osp.basename(url))
+    return path if osp.isfile(path) and osp.getsize(path) > 0 else None
+
+
+def _offline_reason(tag_cfg: dict, timeout: float = 3.0) -> Optional[str]:
+    """Why the tag's download host cannot be reached now, or None if it answers.
+
+    ``HF_HUB_OFFLINE`` set -> offline. Otherwise one TCP connection to the host (or to the
+    HTTPS proxy when one is configured) in a helper thread, so that a hanging DNS lookup
+    is bounded too: no answer within ``timeout`` seconds -> offline.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    kind, source = _tag_source(tag_cfg)
+    if kind == 'hf' and os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in (
+            '1', 'true', 'yes', 'on'):
+        return 'HF_HUB_OFFLINE is set and the file is not in the Hugging Face cache'
+    if kind == 'hf':
+        host, port = _hf_endpoint_host()
+    else:
+        url = urlparse(source)
+        host, port = url.hostname or '', url.port or 443
+    if not host:
+        return None
+    proxy = (os.environ.get('HTTPS_PROXY') or os.environ.get('https_proxy')
+             or os.environ.get('ALL_PROXY') or os.environ.get('all_proxy'))
+    if proxy:
+        parsed = urlparse(proxy if '://' in proxy else f'http://{proxy}')
+        if parsed.hostname:
+            host, port = parsed.hostname, parsed.port or 80
+    result = {}
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result['ok'] = True
+        except OSError as err:
+            result['error'] = err
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if result.get('ok'):
+        return None
+    error = result.get('error')
+    detail = f'{type(error).__name__}: {error}' if error else f'no answer in {timeout:g} s'
+    return f'no connection to {host}:{port}, {detail}'
 
 
 def _unmerge_before_state_dict(module: HCLIPBackbone, prefix, keep_vars):
