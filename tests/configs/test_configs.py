@@ -65,7 +65,7 @@ CHILDREN = {
     OFFICIAL: (MAIN['vitb16'], (
         f'{ADAPTER}.sides', f'{ADAPTER}.dcrc', f'{ADAPTER}.dcrc_per_layer',
         f'{ADAPTER}.cayley_convention', 'optimizer', 'optim_wrapper', 'param_scheduler',
-        'base_lr', 'clip_lr', 'head_lr_mult')),
+        'base_lr', 'clip_lr', 'head_lr_mult', 'custom_hooks')),
     # ViT-L/14@336px: only the model; crops, test views and data are the ViT-B/16 ones (384)
     MAIN['vitl14']: (MAIN['vitb16'], (
         'model.backbone.arch', 'model.backbone.img_size', 'model.backbone.guidance_layers',
@@ -302,13 +302,22 @@ def test_vitl14_recipe():
             tuple(test_cfg.stride)) == ('reference', (640, 640), (384, 384), (256, 256))
 
 
-@pytest.mark.parametrize('path', [MAIN['vitb16'], OFFICIAL])
-def test_training_crop_matches_backbone_input(path):
+@pytest.mark.parametrize('path', [MAIN['vitb16'], MAIN['vitl14'], OFFICIAL])
+def test_training_pipeline_is_the_reference(path):
+    """detectron2's mapper of the reference: Pillow decode, short side 384 (long side at most
+    1333, Pillow bilinear), 384 crop without category cap, colour, flip, pad 128 / ignore."""
     cfg = load(path)
-    size = cfg.model.backbone.img_size
-    assert random_crop(cfg) == (size, size) == tuple(cfg.model.data_preprocessor.size)
-    (resize, ) = [t for t in cfg.train_dataloader.dataset.pipeline if t['type'] == 'Resize']
-    assert min(resize['scale']) == size  # short side to the crop size
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t['type'] for t in pipeline] == [
+        'LoadImageFromFile', 'LoadAnnotations16', 'PillowResizeShortestEdge', 'RandomCrop',
+        'PhotoMetricDistortion', 'RandomFlip', 'Pad', 'PackSegInputs']
+    assert pipeline[0].imdecode_backend == 'pillow'
+    assert (pipeline[2].scale, pipeline[2].max_size) == (384, 1333)
+    assert pipeline[3].get('cat_max_ratio', 1.0) == 1.0
+    assert random_crop(cfg) == (384, 384) == tuple(cfg.model.data_preprocessor.size)
+    assert tuple(pipeline[6].size) == (384, 384)
+    assert pipeline[6].pad_val == dict(img=128, seg=255)
+    assert cfg.model.backbone.img_size == (336 if 'vitl14' in path else 384)
 
 
 def test_official_recipe():
@@ -322,6 +331,55 @@ def test_official_recipe():
     assert adapter.block_size == 128 and adapter.orthogonal == 'text'
     assert cfg.optim_wrapper.clip_grad.max_norm == 0.01
     assert cfg.optim_wrapper.optimizer.lr * 0.01 == pytest.approx(cfg.clip_lr) == 2e-6
+    assert cfg.custom_hooks[:-1] == load(MAIN['vitb16']).custom_hooks
+    assert cfg.custom_hooks[-1] == dict(type='Float32MatmulPrecisionHook', precision='high')
+
+
+def test_official_schedule_is_cosine_from_iteration_0():
+    """detectron2's WarmupCosineLR with WARMUP_ITERS 0: lr(t) = lr0 (1 + cos(pi t / T)) / 2."""
+    import math
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = load(OFFICIAL)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer))
+                  for s in copy.deepcopy(cfg.param_scheduler)]
+    seen = {}
+    for t in range(80001):
+        if t in (0, 1, 1500, 40000, 79999, 80000):
+            seen[t] = optimizer.param_groups[0]['lr']
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+    for t, lr in seen.items():
+        assert lr == pytest.approx(2e-4 * (1 + math.cos(math.pi * t / 80000)) / 2,
+                                   rel=1e-6, abs=1e-12), t
+
+
+def test_official_weight_decay_and_lr_groups():
+    """Every trainable parameter gets detectron2's group settings: weight decay 0 in a
+    normalisation layer (WEIGHT_DECAY_NORM 0), else 1e-4; lr x0.01 in the CLIP backbone."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = load(OFFICIAL)
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg(cfg.model))
+    wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    group_of = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
+    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm,
+                  torch.nn.LayerNorm, torch.nn.modules.instancenorm._InstanceNorm,
+                  torch.nn.LocalResponseNorm)
+    norms = 0
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            group = group_of[id(param)]
+            is_norm = isinstance(module, norm_types)
+            norms += is_norm
+            assert group['weight_decay'] == (0.0 if is_norm else 1e-4), f'{module_name}.{name}'
+            lr = 2e-4 * (0.01 if module_name.startswith('backbone') else 1.0)
+            assert group['lr'] == pytest.approx(lr), f'{module_name}.{name}'
+            assert not isinstance(module, torch.nn.Embedding)  # detectron2: no decay either
+    assert norms > 0  # the head has LayerNorms and GroupNorms
 
 
 # ------------------------------------------------------------------ evaluation configs

@@ -201,8 +201,8 @@ def test_coco_train_pipeline_runs(tmp_path):
     gt = out['data_samples'].gt_sem_seg.data.numpy()
     assert gt.shape == (1, 384, 384)
     assert set(np.unique(gt)) <= {0, 170, 255}
-    resize = [t for t in cfg.train_pipeline if t['type'] == 'Resize'][0]
-    assert min(resize['scale']) == 384 and resize['keep_ratio']
+    resize = [t for t in cfg.train_pipeline if t['type'] == 'PillowResizeShortestEdge'][0]
+    assert (resize['scale'], resize['max_size']) == (384, 1333)
 
 
 @pytest.mark.parametrize('name,key,num,ignore,cfg_name', BENCHMARKS)

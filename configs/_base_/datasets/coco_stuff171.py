@@ -10,14 +10,20 @@ data_root = 'data/coco_stuff171'
 ignore_index = 255
 crop_size = (384, 384)
 
+# The reference's augmentation (detectron2 mapper of H-CLIP / CAT-Seg), see docs/parity.md:
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),  # decoded as detectron2 does
     dict(type='LoadAnnotations16'),
-    # short side to 384 (the long-side bound 4 * 384 only bites on extreme aspect ratios)
-    dict(type='Resize', scale=(1536, 384), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75, ignore_index=ignore_index),
+    # short side 384, long side at most 1333 (detectron2's default MAX_SIZE_TRAIN), Pillow's
+    # antialiased bilinear resize; labels: nearest as detectron2 resizes them
+    dict(type='PillowResizeShortestEdge', scale=crop_size[0], max_size=1333),
+    # no single-category cap (the reference's SINGLE_CATEGORY_MAX_AREA is 1.0)
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=1.0),
+    dict(type='PhotoMetricDistortion'),  # = detectron2's ColorAugSSDTransform
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
+    # a crop smaller than 384 (long, thin images) is padded as the reference pads it:
+    # image 128, label ignore
+    dict(type='Pad', size=crop_size, pad_val=dict(img=128, seg=ignore_index)),
     dict(type='PackSegInputs'),
 ]
 # No Resize at test time: the segmentor resizes (640x640, 384 windows + global view)
