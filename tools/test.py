@@ -8,6 +8,7 @@ Example::
 import argparse
 import os
 import os.path as osp
+import pickle
 import sys
 
 # The repository root on sys.path, so configs can import projects/* packages
@@ -106,6 +107,10 @@ def main():
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist; pass the path of a '
                          '.pth file written by tools/train.py or tools/merge_weights.py')
+    try:  # an unreadable, unsafe or foreign file is named before anything is built
+        read_checkpoint(args.checkpoint, mmap=True)
+    except (ValueError, pickle.UnpicklingError) as err:
+        raise SystemExit(f'tools/test.py: error: {err}') from None
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

@@ -76,14 +76,18 @@ def read_checkpoint(checkpoint: str,
     """Load a checkpoint safely (``weights_only``) on the CPU (memory-mapped if ``mmap``).
 
     Accepts an mmengine checkpoint (``{'state_dict': ..., 'meta': ...}``) or a bare state
-    dict; a DDP ``module.`` prefix is removed.
+    dict, in any format of :func:`mmseg_hclip.utils.checkpoint.load_checkpoint_safely` (zip,
+    legacy, safetensors; ``mmap`` applies to zip files); a DDP ``module.`` prefix is removed.
+    A CLIP-only weights file and a detectron2 CAT-Seg / H-CLIP checkpoint are refused with
+    what to do instead.
 
     Returns:
         tuple: ``(state_dict, meta)``.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not a checkpoint (no state dict in it).
+        ValueError: The file is not a checkpoint of this project (no state dict in it, a
+            CLIP-only or detectron2 file; ``CheckpointFormatError`` for an unreadable file).
     """
     path = osp.expanduser(str(checkpoint))
     if not osp.isfile(path):
@@ -93,6 +97,7 @@ def read_checkpoint(checkpoint: str,
     if not isinstance(ckpt, dict):
         raise ValueError(f'checkpoint {checkpoint!r} holds a {type(ckpt).__name__}, not a '
                          'state dict or an mmengine checkpoint dict.')
+    _refuse_foreign_layouts(checkpoint, ckpt)
     meta = ckpt.get('meta', None) or {}
     state_dict = ckpt.get('state_dict', ckpt)
     if not isinstance(state_dict, dict) or not state_dict or not all(
@@ -103,6 +108,24 @@ def read_checkpoint(checkpoint: str,
     if not isinstance(meta, dict):
         meta = {}
     return state_dict, meta
+
+
+def _refuse_foreign_layouts(checkpoint: str, ckpt: dict) -> None:
+    """Name the two kinds of weight files that are not checkpoints of this project."""
+    model = ckpt.get('model')
+    if isinstance(model, dict) and any(str(k).startswith('sem_seg_head.') for k in model):
+        raise ValueError(
+            f'{checkpoint!r} is a detectron2 checkpoint of CAT-Seg or of the H-CLIP authors\' '
+            'code, not of this project: convert it first with '
+            'tools/model_converters/catseg2mmseg.py (CAT-Seg) or '
+            'tools/model_converters/hclip_official2mmseg.py (H-CLIP), see docs/tools.md.')
+    keys = ckpt.get('state_dict', ckpt)
+    if isinstance(keys, dict) and 'visual.conv1.weight' in keys and not any(
+            str(k).startswith('backbone.') for k in keys):
+        raise ValueError(
+            f'{checkpoint!r} holds CLIP weights only (an OpenAI / open_clip file), not a '
+            'checkpoint of this project: give it to the backbone instead, e.g. '
+            f'--cfg-options model.backbone.pretrained={checkpoint}')
 
 
 def is_merged_checkpoint(meta: Optional[dict]) -> bool:
