@@ -83,6 +83,11 @@ for _method in ('lora-r64', 'attn-qv'):
     for _bench in BENCHMARKS:
         CHILDREN[f'{PROJECT}/{_method}_vitb16_{_bench}.py'] = (
             f'configs/hclip_vitb16_{_bench}.py', (ADAPTER, 'custom_imports.imports'))
+# CAT-Seg's released weights (tools/model_converters/catseg2mmseg.py): no adapter
+for _arch in MAIN:
+    for _bench in BENCHMARKS:
+        CHILDREN[f'configs/catseg/catseg_{_arch}_{_bench}.py'] = (
+            f'configs/hclip_{_arch}_{_bench}.py', (ADAPTER, ))
 
 _CACHE = {}
 
@@ -392,8 +397,12 @@ def test_eval_config_swaps_test_set_and_protocol(arch, bench):
     for loader in ('val_dataloader', 'test_dataloader'):
         ds = cfg[loader].dataset
         assert (ds.type, ds.data_root) == (dataset_type, data_root)
+        # detectron2's test mapper: short side 640 (long side at most 2560), Pillow bilinear,
+        # before the labels are loaded (scored at the original size)
         assert [t['type'] for t in ds.pipeline] == [
-            'LoadImageFromFile', 'LoadAnnotations16', 'PackSegInputs']
+            'LoadImageFromFile', 'PillowResizeShortestEdge', 'LoadAnnotations16', 'PackSegInputs']
+        assert ds.pipeline[0].imdecode_backend == 'pillow'
+        assert (ds.pipeline[1].scale, ds.pipeline[1].max_size) == (640, 2560)
         assert cfg[loader].batch_size == 1 and not cfg[loader].sampler.shuffle
     for evaluator in ('val_evaluator', 'test_evaluator'):
         assert (cfg[evaluator].type, cfg[evaluator].ignore_index) == (metric, ignore)

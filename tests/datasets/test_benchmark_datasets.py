@@ -107,7 +107,7 @@ def test_16bit_values_survive_the_test_pipeline(tmp_path, cfg_name, split, suffi
     overrides = dict(seg_map_suffix='.tif') if suffix == '.tif' else {}
     cfg, dataset = build_from_config(cfg_name, tmp_path, **overrides)
     assert [t['type'] for t in cfg.test_pipeline] == [
-        'LoadImageFromFile', 'LoadAnnotations16', 'PackSegInputs']
+        'LoadImageFromFile', 'PillowResizeShortestEdge', 'LoadAnnotations16', 'PackSegInputs']
     assert cfg.test_evaluator.ignore_index == 65535 == dataset.ignore_index
     assert dataset.metainfo['ignore_index'] == 65535
     assert len(dataset) == 1
@@ -213,7 +213,8 @@ def test_base_configs(name, key, num, ignore, cfg_name):
         assert ds.type == name
         assert ds.data_root == f'data/{cfg_name}'
         assert [t['type'] for t in ds.pipeline] == [
-            'LoadImageFromFile', 'LoadAnnotations16', 'PackSegInputs']
+            'LoadImageFromFile', 'PillowResizeShortestEdge', 'LoadAnnotations16',
+            'PackSegInputs']
     assert cfg.dataset_type == name and cfg.ignore_index == ignore
     assert cfg.test_evaluator.ignore_index == ignore
     # every benchmark trains on COCO-Stuff-171 (the open-vocabulary protocol)

@@ -241,6 +241,67 @@ def test_reference_views_larger_than_clip_input(trained):
         ref160 = (total / count + glob) / 2
         ref = F.interpolate(ref160, size=(120, 100), mode='bilinear', align_corners=False)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # predict(): from 640x640 (here 160) to the original size in one resize, as the reference
+    data = dict(inputs=[torch.randint(0, 256, (3, 120, 100), dtype=torch.uint8)],
+                data_samples=[SegDataSample()])
+    data['data_samples'][0].set_metainfo(dict(ori_shape=(90, 75), img_shape=(120, 100)))
+    processed = model.data_preprocessor(data, False)
+    with torch.no_grad():
+        (result, ) = model.predict(processed['inputs'], processed['data_samples'])
+        image = processed['inputs']
+        ref160 = model._reference_scores(image, dict(img_shape=(120, 100)))
+        one_step = F.interpolate(ref160, size=(90, 75), mode='bilinear', align_corners=False)
+        two_step = F.interpolate(model.inference(image, metas((120, 100))), size=(90, 75),
+                                 mode='bilinear', align_corners=False)
+    torch.testing.assert_close(result.seg_logits.data, one_step[0])
+    assert not torch.allclose(one_step, two_step, atol=1e-4)
+
+
+def test_whole_mode_sigmoid_before_resize(trained):
+    """The reference's non-sliding path: sigmoid at the head's resolution, then one resize to
+    the original size; test_cfg.sigmoid_before_resize=False gives MMSeg's order."""
+    model = copy.deepcopy(trained).eval()
+    data = batch(num=2)
+    for sample in data['data_samples']:
+        sample.set_metainfo(dict(ori_shape=(50, 70)))
+    processed = model.data_preprocessor(data, False)
+    inputs = processed['inputs']
+    with torch.no_grad():
+        logits = model.decode_head.forward(model.extract_feat(inputs))  # [2, 3, 24, 24]
+        reference = F.interpolate(logits.sigmoid(), size=(50, 70), mode='bilinear',
+                                  align_corners=False)
+        mmseg = F.interpolate(F.interpolate(logits, size=(96, 96), mode='bilinear',
+                                            align_corners=False).sigmoid(),
+                              size=(50, 70), mode='bilinear', align_corners=False)
+        results = {}
+        for flag in (True, False):
+            model.test_cfg = dict(mode='whole', sigmoid_before_resize=flag)
+            results[flag] = model.predict(inputs, copy.deepcopy(processed['data_samples']))
+    for i in range(2):
+        torch.testing.assert_close(results[True][i].seg_logits.data, reference[i])
+        torch.testing.assert_close(results[False][i].seg_logits.data, mmseg[i])
+    assert not torch.allclose(reference, mmseg, atol=1e-4)
+
+
+def test_flip_is_undone_in_the_one_step_path(trained):
+    model = copy.deepcopy(trained).eval()
+    data = batch(num=1, size=(100, 130))
+    sample = data['data_samples'][0]
+    flipped = copy.deepcopy(data)
+    flipped['inputs'][0] = flipped['inputs'][0].flip(-1)
+    flipped['data_samples'][0].set_metainfo(dict(flip=True, flip_direction='horizontal'))
+    with torch.no_grad():
+        (plain, ) = model.test_step(data)
+        (back, ) = model.test_step(flipped)
+    assert sample.metainfo['ori_shape'] == (100, 130)
+    # the model is not flip-equivariant; undoing the flip only maps the flipped image's
+    # scores back: compare with the scores of the flipped image, flipped by hand
+    with torch.no_grad():
+        processed = model.data_preprocessor(copy.deepcopy(flipped), False)
+        raw = model._reference_scores(processed['inputs'], {})
+        raw = F.interpolate(raw, size=(100, 130), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(back.seg_logits.data, raw[0].flip(-1))
+    assert plain.seg_logits.data.shape == back.seg_logits.data.shape
 
 
 def test_vocabulary_switch_to_a_different_length(trained):

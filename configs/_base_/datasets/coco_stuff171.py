@@ -26,10 +26,13 @@ train_pipeline = [
     dict(type='Pad', size=crop_size, pad_val=dict(img=128, seg=ignore_index)),
     dict(type='PackSegInputs'),
 ]
-# No Resize at test time: the segmentor resizes (640x640, 384 windows + global view)
-# and returns predictions at the original image size, scored against the original labels.
+# Test: the reference's test-time resize (detectron2: short side 640, long side at most 2560,
+# Pillow bilinear) before the labels are loaded, so they stay at the original size, where the
+# metric scores them; the segmentor then does its own resizing (640x640, 384 windows + global
+# view) and returns predictions at the original image size.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='PillowResizeShortestEdge', scale=640, max_size=2560),
     dict(type='LoadAnnotations16'),
     dict(type='PackSegInputs'),
 ]

@@ -13,10 +13,13 @@ dataset_type = 'PascalVOC20Dataset'
 data_root = 'data/voc20'
 ignore_index = 255
 
-# No Resize: the segmentor does its own resizing (640x640, 384 windows + global view)
-# and returns predictions at the original size, scored against the original labels.
+# Test: the reference's test-time resize (short side 640, long side at most 2560, Pillow
+# bilinear) before the labels are loaded (they stay at the original size, where the metric
+# scores them); the segmentor then resizes (640x640, 384 windows + global view) and returns
+# predictions at the original size.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', imdecode_backend='pillow'),
+    dict(type='PillowResizeShortestEdge', scale=640, max_size=2560),
     dict(type='LoadAnnotations16'),
     dict(type='PackSegInputs'),
 ]

@@ -11,6 +11,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList
 from torch import Tensor
 
+from ...utils.memory import warn_if_over_memory_budget
 from ..necks.text_embedding_neck import check_vocabulary
 
 __all__ = ['HCLIPSegmentor']
@@ -45,7 +46,10 @@ class HCLIPSegmentor(EncoderDecoder):
     Inference (``test_cfg.mode``):
 
     - ``'whole'``: the (padded) input as given; the test pipeline should
-      resize it to the training size.
+      resize it to the training size. The sigmoid is taken on the head's
+      output before it is resized to the image, as the reference's
+      non-sliding path does (``test_cfg.sigmoid_before_resize=True``,
+      default); ``False`` resizes the logits first (MMSeg's order).
     - ``'slide'``: MMSeg's sliding window (``crop_size``, ``stride``),
       scores averaged where windows overlap. Inputs smaller than
       ``crop_size`` raise a ``ValueError`` (use ``'reference'``, which
@@ -59,8 +63,12 @@ class HCLIPSegmentor(EncoderDecoder):
       works. ``batch_views`` (default True) runs the views of an image as one
       batch.
 
-    All modes average sigmoid scores (the head predicts sigmoid scores); the
-    prediction is their argmax, resized to the original image size.
+    In 'slide' and 'reference' each view's logits are resized to the view and
+    then passed through the sigmoid (the reference's order); the prediction is
+    the argmax of the averaged scores. :meth:`predict` resizes the scores of
+    'reference' (from ``resize_to``) and 'whole' (from the head's output, when
+    the batch holds no padding) to the original image size in one step, as the
+    reference does; :meth:`inference` returns them at the input size.
 
     Args:
         backbone (dict): :class:`HCLIPBackbone` config.
@@ -189,6 +197,7 @@ class HCLIPSegmentor(EncoderDecoder):
             Tensor: Sigmoid scores [B, N, H, W].
         """
         mode = self.test_cfg.get('mode', 'whole')
+        warn_if_over_memory_budget(self, inputs, mode)
         if mode == 'slide':
             return self.slide_inference(inputs, batch_img_metas)
         if mode == 'reference':
@@ -255,6 +264,21 @@ class HCLIPSegmentor(EncoderDecoder):
             outs.append(self._assemble(scores, boxes, tuple(inputs.shape[2:])))
         return torch.cat(outs)
 
+    def _reference_scores(self, image: Tensor, meta: dict) -> Tensor:
+        """The reference protocol on one unpadded image [1, 3, h, w] -> scores
+        [1, N, *resize_to]."""
+        size = _pair(self.test_cfg.get('resize_to', (640, 640)))
+        crop = _pair(self.test_cfg.get('crop_size', (384, 384)))
+        stride = _pair(self.test_cfg.get('stride', (256, 256)))
+        boxes = self.window_boxes(size, crop, stride)
+        big = F.interpolate(image, size=size, mode='bilinear', align_corners=False)
+        views = [big[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        views.append(F.interpolate(image, size=crop, mode='bilinear', align_corners=False))
+        scores = self._views_scores(torch.cat(views), meta)
+        local = self._assemble(scores[:-1], boxes, size)
+        glob = F.interpolate(scores[-1:], size=size, mode='bilinear', align_corners=False)
+        return (local + glob) / 2
+
     def reference_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """The authors' protocol: 640x640 resize, 384 windows stride 256, plus a global view.
 
@@ -269,28 +293,86 @@ class HCLIPSegmentor(EncoderDecoder):
         Returns:
             Tensor: [B, N, H, W] scores (zero in the padding).
         """
-        size = _pair(self.test_cfg.get('resize_to', (640, 640)))
-        crop = _pair(self.test_cfg.get('crop_size', (384, 384)))
-        stride = _pair(self.test_cfg.get('stride', (256, 256)))
-        boxes = self.window_boxes(size, crop, stride)
         _, _, height, width = inputs.shape
         out = None
         for i in range(inputs.shape[0]):
-            left, right, top, bottom = batch_img_metas[i].get('padding_size', None) or [0] * 4
-            image = inputs[i:i + 1, :, top:height - bottom, left:width - right]
+            left, _, top, _ = _padding(batch_img_metas[i])
+            image = _unpad(inputs[i:i + 1], batch_img_metas[i])
             h, w = image.shape[2:]
-            big = F.interpolate(image, size=size, mode='bilinear', align_corners=False)
-            views = [big[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
-            views.append(F.interpolate(image, size=crop, mode='bilinear', align_corners=False))
-            scores = self._views_scores(torch.cat(views), batch_img_metas[i])
-            local = self._assemble(scores[:-1], boxes, size)
-            glob = F.interpolate(scores[-1:], size=size, mode='bilinear', align_corners=False)
-            merged = F.interpolate((local + glob) / 2, size=(h, w), mode='bilinear',
-                                   align_corners=False)
+            merged = F.interpolate(self._reference_scores(image, batch_img_metas[i]),
+                                   size=(h, w), mode='bilinear', align_corners=False)
             if out is None:
                 out = merged.new_zeros(inputs.shape[0], merged.shape[1], height, width)
             out[i:i + 1, :, top:top + h, left:left + w] = merged
         return out
+
+    def _sigmoid_before_resize(self) -> bool:
+        return bool(self.test_cfg.get('sigmoid_before_resize', True))
+
+    def _head_scores(self, inputs: Tensor) -> Tensor:
+        """Sigmoid of the head's logits at the head's resolution [B, N, h', w']."""
+        return self.decode_head.forward(self.extract_feat(inputs)).sigmoid()
+
+    def whole_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
+        """The whole (padded) input in one forward -> scores [B, N, H, W].
+
+        With ``test_cfg.sigmoid_before_resize`` (default True, the reference's
+        non-sliding path) the sigmoid is taken at the head's resolution and the
+        scores are resized; otherwise MMSeg's order (resize logits, then sigmoid).
+        """
+        if not self._sigmoid_before_resize():
+            return super().whole_inference(inputs, batch_img_metas)
+        return F.interpolate(self._head_scores(inputs), size=tuple(inputs.shape[2:]),
+                             mode='bilinear', align_corners=self.align_corners)
+
+    def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> List[SegDataSample]:
+        """Predict label maps at the original image size.
+
+        'reference' and 'whole' (sigmoid before resize, no padding in the batch)
+        resize their score maps (``resize_to``, resp. the head's output) to the
+        original size in one step, as the reference does; other cases go
+        through :meth:`inference` and :meth:`postprocess_result` (MMSeg's path:
+        scores at the input size, padding cropped, resized to the original).
+
+        Args:
+            inputs (Tensor): Normalised images [B, 3, H, W].
+            data_samples (list[SegDataSample], optional): Samples with metas
+                (``ori_shape``, padding, flip).
+
+        Returns:
+            list[SegDataSample]: ``seg_logits`` (scores [N, H0, W0]) and
+            ``pred_sem_seg`` ([1, H0, W0]) at the original size.
+        """
+        mode = self.test_cfg.get('mode', 'whole')
+        warn_if_over_memory_budget(self, inputs, mode)
+        if data_samples is None:
+            metas = [dict(ori_shape=inputs.shape[2:], img_shape=inputs.shape[2:],
+                          pad_shape=inputs.shape[2:], padding_size=[0, 0, 0, 0])
+                     for _ in range(inputs.shape[0])]
+        else:
+            metas = [sample.metainfo for sample in data_samples]
+        if mode == 'reference':
+            maps = [self._reference_scores(_unpad(inputs[i:i + 1], meta), meta)
+                    for i, meta in enumerate(metas)]
+        elif mode == 'whole' and self._sigmoid_before_resize() and \
+                not any(any(_padding(meta)) for meta in metas):
+            maps = list(self._head_scores(inputs).split(1))
+        else:
+            return super().predict(inputs, data_samples)
+        if data_samples is None:
+            data_samples = [SegDataSample() for _ in metas]
+        for sample, meta, scores, image in zip(data_samples, metas, maps, inputs):
+            size = tuple(meta['ori_shape'][:2]) if 'ori_shape' in meta else \
+                tuple(_unpad(image[None], meta).shape[2:])
+            if tuple(scores.shape[2:]) != size:
+                scores = F.interpolate(scores, size=size, mode='bilinear',
+                                       align_corners=self.align_corners)
+            scores = _flip_back(scores, meta)[0]
+            sample.set_data({
+                'seg_logits': PixelData(data=scores),
+                'pred_sem_seg': PixelData(data=scores.argmax(dim=0, keepdim=True))
+            })
+        return data_samples
 
     def postprocess_result(self, seg_logits: Tensor,
                            data_samples: OptSampleList = None) -> List[SegDataSample]:
@@ -304,20 +386,14 @@ class HCLIPSegmentor(EncoderDecoder):
         Returns:
             list[SegDataSample]: The samples with predictions.
         """
-        batch_size, _, height, width = seg_logits.shape
+        batch_size = seg_logits.shape[0]
         if data_samples is None:
             data_samples = [SegDataSample() for _ in range(batch_size)]
             metas = [dict() for _ in range(batch_size)]
         else:
             metas = [s.metainfo for s in data_samples]
         for i, (sample, meta) in enumerate(zip(data_samples, metas)):
-            padding = meta.get('img_padding_size', meta.get('padding_size', None)) or [0] * 4
-            left, right, top, bottom = padding
-            logits = seg_logits[i:i + 1, :, top:height - bottom, left:width - right]
-            flip = meta.get('flip', None)
-            if flip:
-                direction = meta.get('flip_direction', 'horizontal')
-                logits = logits.flip(dims=(3, ) if direction == 'horizontal' else (2, ))
+            logits = _flip_back(_unpad(seg_logits[i:i + 1], meta), meta)
             if 'ori_shape' in meta and tuple(meta['ori_shape'][:2]) != tuple(logits.shape[2:]):
                 logits = F.interpolate(logits, size=tuple(meta['ori_shape'][:2]),
                                        mode='bilinear', align_corners=self.align_corners)
@@ -327,6 +403,27 @@ class HCLIPSegmentor(EncoderDecoder):
                 'pred_sem_seg': PixelData(data=logits.argmax(dim=0, keepdim=True))
             })
         return data_samples
+
+
+def _padding(meta: dict) -> List[int]:
+    """``[left, right, top, bottom]`` padding of an image in the batch."""
+    padding = meta.get('img_padding_size', None) or meta.get('padding_size', None)
+    return list(padding) if padding else [0, 0, 0, 0]
+
+
+def _unpad(batch: Tensor, meta: dict) -> Tensor:
+    """The unpadded part of a [1, C, H, W] tensor."""
+    left, right, top, bottom = _padding(meta)
+    height, width = batch.shape[2:]
+    return batch[:, :, top:height - bottom, left:width - right]
+
+
+def _flip_back(scores: Tensor, meta: dict) -> Tensor:
+    """Undo the test-time flip of ``meta`` on [1, N, H, W] scores."""
+    if not meta.get('flip', None):
+        return scores
+    direction = meta.get('flip_direction', 'horizontal')
+    return scores.flip(dims=(3, ) if direction == 'horizontal' else (2, ))
 
 
 def _pair(value) -> Tuple[int, int]:
