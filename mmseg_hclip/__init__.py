@@ -24,8 +24,10 @@ except ModuleNotFoundError as err:  # only a missing stack; a broken one still r
                   '(run `bash tools/install.sh` for the MMSegmentation extension)')
 else:
     from . import apis, datasets, engine, evaluation, models, quickstart, utils  # noqa: F401
+    from .engine.checkpoint_io import register_atomic_local_backend
     from .utils import register_safe_checkpoint_globals
 
     register_safe_checkpoint_globals()
+    register_atomic_local_backend()  # checkpoints are written atomically (temp file + rename)
 
 __all__ = ['__version__']

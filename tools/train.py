@@ -18,8 +18,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner, find_latest_checkpoint  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
 
+from mmseg_hclip.engine.checkpoint_io import (CheckpointUnreadableError,  # noqa: E402
+                                              resolve_resume_checkpoint)
 from mmseg_hclip.engine.model_settings import (ModelSettingsMismatchError,  # noqa: E402
                                                check_model_settings)
 from mmseg_hclip.utils import check_cfg_options, setup_runtime  # noqa: E402
@@ -114,20 +116,19 @@ def main():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
-    if args.resume == 'auto':
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        requested = None if args.resume == 'auto' else args.resume
+        try:  # a torn checkpoint is named and the newest readable one beside it is used
+            cfg.load_from = resolve_resume_checkpoint(cfg.work_dir, requested)
+        except (CheckpointUnreadableError, FileNotFoundError) as err:
+            raise SystemExit(f'tools/train.py: error: {err}') from None
 
     ensure_model_settings_hook(cfg)
     setup_runtime(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if cfg.resume:
-        resume_from = cfg.load_from or find_latest_checkpoint(cfg.work_dir)
-        if resume_from:
-            check_resume_settings(runner, resume_from, args.config)
+    if cfg.resume and cfg.load_from:
+        check_resume_settings(runner, cfg.load_from, args.config)
     runner.train()
 
 

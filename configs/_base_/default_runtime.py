@@ -1,4 +1,9 @@
 # Runtime defaults shared by every mmseg_hclip config (MMSeg 1.x conventions).
+# Importing mmseg_hclip registers its modules and, for checkpoints: torch's safe loading with an
+# allow-list of the types mmengine checkpoints hold (mmseg_hclip/utils/checkpoint.py), and an
+# atomic local file backend (temporary file + os.replace), so an interrupted save never leaves a
+# torn file behind `last_checkpoint` (mmseg_hclip/engine/checkpoint_io.py). `tools/train.py
+# --resume` onto an unreadable checkpoint names it and resumes from the newest readable one.
 custom_imports = dict(imports=['mmseg_hclip'], allow_failed_imports=False)
 default_scope = 'mmseg'
 env_cfg = dict(
