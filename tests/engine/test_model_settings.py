@@ -159,8 +159,10 @@ def test_values_that_cfg_options_cannot_express_are_named_for_the_config(default
     assert cfg_option('neck.templates', ['a photo of a {}.']) is None  # spaces
     assert cfg_option('backbone.adapter.orthogonal', 'none') == \
         'model.backbone.adapter.orthogonal=none'
-    assert cfg_option('backbone.guidance_layers', [3, 7]) == 'model.backbone.guidance_layers="[3,7]"'
-    assert cfg_option('backbone.adapter.dcrc_hidden', None) == 'model.backbone.adapter.dcrc_hidden=None'
+    assert cfg_option('backbone.guidance_layers', [3, 7]) == \
+        'model.backbone.guidance_layers="[3,7]"'
+    assert cfg_option('backbone.adapter.dcrc_hidden', None) == \
+        'model.backbone.adapter.dcrc_hidden=None'
     assert cfg_option('x', 'None') is None and cfg_option('x', '16') is None  # would parse back
 
 
