@@ -6,15 +6,17 @@ How to read ``peft/``:
 1. :mod:`.reference` — the method as the paper writes it, one short function per equation
    (Cayley, ``diag(R)``, ``W·B`` / ``B·W``, the q×q×S×M block tensor, linear and MLP DCRC),
    dense and slow. Start here; the tests compare everything below with it.
-2. :mod:`.adapter` — :class:`HCLIPAdapter`, the same computation fast for a whole CLIP: one
-   DCRC mixing, one batched Cayley solve and batched block products per call, on a stored
-   ``[M, S, q, q]`` layout with a cache of the frozen weights. It uses
-   :mod:`.dcrc` (relation maps on that layout), :mod:`.block_transforms` (Cayley solve and
-   block products with hand-written backward passes, fp32 under autocast, single-threaded
-   small solves), :mod:`.clip_towers` (where the q/k/v/out weights of open_clip live) and
-   :mod:`.merging` (merge/unmerge for inference).
-3. :mod:`.energy` (hyperspherical energy, Eq. 1) and :mod:`.tensor_products` (the T-product
-   theory of §3.2 and supplementary A, which DCRC's mode products come from) stand alone.
+2. :mod:`.adapter` — :class:`HCLIPAdapter`, the same computation fast for a whole CLIP, as
+   wiring: settings checked in one place, the parameters, and per call one DCRC mixing, one
+   batched Cayley solve and the weights. The fast parts live in :mod:`._engine` (private: the
+   stored ``[M, S, q, q]`` layout, the cache of frozen weights in product layout, the batched
+   block products per tower), :mod:`.dcrc` (relation maps on that layout),
+   :mod:`.block_transforms` (Cayley solve and block products with hand-written backward
+   passes, fp32 under autocast, single-threaded small solves), :mod:`.clip_towers` (where the
+   q/k/v/out weights of open_clip live) and :mod:`.merging` (merge/unmerge for inference).
+3. :mod:`.reporting` (energy drift and parameter counts of an adapter), :mod:`.energy`
+   (hyperspherical energy, Eq. 1) and :mod:`.tensor_products` (the T-product theory of §3.2
+   and supplementary A, which DCRC's mode products come from).
 
 Map from the paper to the fast code (details in ``docs/method.md``):
 

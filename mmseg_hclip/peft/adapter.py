@@ -20,12 +20,12 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor, nn
 
-from .block_transforms import (SIDES, _accumulate_dtype, _autocast_dtype, _no_autocast, cayley,
-                               layerwise_block_product)
-from .merging import MergeableAdapterMixin
+from . import reporting
+from ._engine import DCRC_TOWER_ORDER, QKV, BlockLayout, FrozenStacks, tower_weights  # noqa: F401
+from .block_transforms import SIDES, _autocast_dtype, _no_autocast, cayley
 from .clip_towers import TOWERS, TowerSpec, find_vit_towers
 from .dcrc import DCRC, DCRC_VARIANTS
-from .energy import hyperspherical_energy, relative_energy_drift
+from .merging import MergeableAdapterMixin
 
 __all__ = [
     'HCLIPAdapter', 'TARGETS', 'ORTHOGONAL', 'TRAIN_MODES', 'SIDE_PRESETS', 'CAYLEY_CONVENTIONS',
@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 TARGETS = ('q', 'k', 'v', 'out')
-QKV = ('q', 'k', 'v')
 #: which towers get Cayley-orthogonal blocks (paper Table 4b: none / all / text only = POF)
 ORTHOGONAL = {'text': ('text', ), 'none': (), 'all': ('image', 'text'), 'image': ('image', )}
 TRAIN_MODES = ('blocks+dcrc', 'dcrc_only')
@@ -46,8 +45,6 @@ CAYLEY_CONVENTIONS = ('paper', 'official')
 #: keyword arguments reproducing the authors' released code (DESIGN §3, "official-compat")
 OFFICIAL_COMPAT = dict(
     sides='official', dcrc='linear', dcrc_per_layer=True, cayley_convention='official')
-#: order of the towers along mode 3 of the DCRC tensor (S = b_text + b_image)
-DCRC_TOWER_ORDER = ('text', 'image')
 
 
 def freeze_module(module: nn.Module) -> nn.Module:
@@ -67,6 +64,76 @@ def _suggest_block_sizes(widths: Sequence[int], q: int, count: int = 3) -> List[
     return sorted(ranked[:count])
 
 
+def check_targets(targets: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(targets, str):
+        targets = (targets, )
+    targets = tuple(targets)
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f'unknown target(s) {unknown}; valid targets are {TARGETS} '
+                         '(q, k, v: row slices of attn.in_proj_weight; out: '
+                         'attn.out_proj.weight)')
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f'targets must be a non-empty list without repeats, got {targets}')
+    return tuple(t for t in TARGETS if t in targets)
+
+def check_sides(sides: Union[str, Mapping[str, str]],
+                 targets: Tuple[str, ...]) -> Dict[str, str]:
+    if isinstance(sides, str):
+        if sides not in SIDE_PRESETS:
+            raise ValueError(f'unknown sides={sides!r}; choose one of {sorted(SIDE_PRESETS)} '
+                             f"or a dict like dict(q='input', k='input', v='input', "
+                             f"out='output')")
+        return {t: SIDE_PRESETS[sides][t] for t in targets}
+    sides = dict(sides)
+    unknown = [t for t in sides if t not in TARGETS]
+    missing = [t for t in targets if t not in sides]
+    if unknown or missing:
+        raise ValueError(f'sides dict must give a side for every target {targets}; '
+                         f'unknown keys {unknown}, missing {missing}')
+    bad = {t: s for t, s in sides.items() if s not in SIDES}
+    if bad:
+        raise ValueError(f'sides must be one of {SIDES}; got {bad}')
+    return {t: sides[t] for t in targets}
+
+def check_block_size(q: int, towers: Iterable[TowerSpec]) -> None:
+    towers = list(towers)
+    for spec in towers:
+        if spec.width % q:
+            widths = sorted({s.width for s in towers})
+            suggestion = ', '.join(map(str, _suggest_block_sizes(widths, q)))
+            raise ValueError(
+                f'block_size q={q} does not divide the {spec.name} width {spec.width} '
+                f'({spec.prefix}.*.attn); choose a divisor of every target width {widths}, '
+                f'such as {suggestion}')
+
+
+def check_settings(block_size, orthogonal, sides, dcrc, train, targets, dcrc_per_layer,
+                   cayley_convention) -> Tuple[Tuple[str, ...], Dict[str, str]]:
+    """Every check of :class:`HCLIPAdapter`'s settings (except the block size against the
+    towers, :func:`check_block_size`); returns the normalised ``(targets, sides)``."""
+    targets = check_targets(targets)
+    sides = check_sides(sides, targets)
+    if orthogonal not in ORTHOGONAL:
+        raise ValueError(f'unknown orthogonal={orthogonal!r}; choose one of '
+                         f'{sorted(ORTHOGONAL)} (text = POF)')
+    if dcrc not in DCRC_VARIANTS:
+        raise ValueError(f'unknown dcrc={dcrc!r}; choose one of {DCRC_VARIANTS}')
+    if train not in TRAIN_MODES:
+        raise ValueError(f'unknown train={train!r}; choose one of {TRAIN_MODES}')
+    if train == 'dcrc_only' and dcrc == 'off':
+        raise ValueError("train='dcrc_only' trains the relation maps only; it needs "
+                         "dcrc='mlp' or 'linear', not 'off'")
+    if cayley_convention not in CAYLEY_CONVENTIONS:
+        raise ValueError(f'unknown cayley_convention={cayley_convention!r}; choose one of '
+                         f'{CAYLEY_CONVENTIONS}')
+    if dcrc_per_layer and dcrc != 'linear':
+        raise ValueError("dcrc_per_layer=True is a setting of dcrc='linear'")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+    return targets, sides
+
+
 class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
     """POF + DCRC parameters for an open_clip ViT CLIP and the weights they produce.
 
@@ -74,12 +141,13 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
     adapter parameters (``blocks.image``, ``blocks.text`` and ``dcrc.*``); the model is passed
     to every method that needs it.
 
-    Blocks are stored per tower as ``[M_t, b_t, q, q]`` (position-major, the memory layout of
-    the DCRC tensor in :mod:`mmseg_hclip.peft.dcrc`): position
+    Each tower's parameter is stored as ``[M_t, b_t, q, q]`` (position-major, the memory
+    layout of the DCRC tensor, :class:`~mmseg_hclip.peft._engine.BlockLayout`): position
     ``m = layer · n_targets + target``. A free (non-orthogonal) tower stores its blocks ``R``
-    (init ``I``), an orthogonal tower the raw generators ``P`` (init 0) whose skew part is
-    Cayley-mapped after DCRC. At init the adapted
-    model is therefore exactly the pretrained model, for every variant.
+    (init ``I``), an orthogonal tower the generators ``P`` (init 0) whose skew part is
+    Cayley-mapped after DCRC. At init the adapted model is therefore exactly the pretrained
+    model, for every variant. The same computation, slowly and per equation:
+    :mod:`mmseg_hclip.peft.reference`.
 
     Towers of different depth (e.g. ViT-L/14: 24 image and 12 text blocks) share the position
     mode by relative depth: ``M = n_targets · max(L_image, L_text)`` and text layer ``l`` of
@@ -137,54 +205,34 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
                  freeze_clip: bool = True,
                  cache_frozen: bool = True):
         super().__init__()
-        self.targets = self._check_targets(targets)
-        self.sides = self._check_sides(sides, self.targets)
-        if orthogonal not in ORTHOGONAL:
-            raise ValueError(f'unknown orthogonal={orthogonal!r}; choose one of '
-                             f'{sorted(ORTHOGONAL)} (text = POF)')
-        if dcrc not in DCRC_VARIANTS:
-            raise ValueError(f'unknown dcrc={dcrc!r}; choose one of {DCRC_VARIANTS}')
-        if train not in TRAIN_MODES:
-            raise ValueError(f'unknown train={train!r}; choose one of {TRAIN_MODES}')
-        if train == 'dcrc_only' and dcrc == 'off':
-            raise ValueError("train='dcrc_only' trains the relation maps only; it needs "
-                             "dcrc='mlp' or 'linear', not 'off'")
-        if cayley_convention not in CAYLEY_CONVENTIONS:
-            raise ValueError(f'unknown cayley_convention={cayley_convention!r}; choose one of '
-                             f'{CAYLEY_CONVENTIONS}')
-        if dcrc_per_layer and dcrc != 'linear':
-            raise ValueError("dcrc_per_layer=True is a setting of dcrc='linear'")
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-            raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
-
+        self.targets, self.sides = check_settings(block_size, orthogonal, sides, dcrc, train,
+                                                  targets, dcrc_per_layer, cayley_convention)
         image, text = find_vit_towers(clip)
-        self._check_block_size(block_size, (image, text))
+        check_block_size(block_size, (image, text))
         self.block_size = q = block_size
         self.orthogonal, self.dcrc_variant, self.train_mode = orthogonal, dcrc, train
         self.cayley_convention = cayley_convention
         self.towers: Dict[str, TowerSpec] = {'image': image, 'text': text}
         self.orthogonal_towers = ORTHOGONAL[orthogonal]
-        self.num_layers_max = max(image.num_layers, text.num_layers)
-        n_t = len(self.targets)
-        self.num_positions = n_t * self.num_layers_max
-        self.num_slices = sum(spec.width // q for spec in self.towers.values())
-
         params = dict(clip.named_parameters())
+        device = params[image.in_proj_names[0]].device
+        self._layout = BlockLayout(self.towers, q, len(self.targets), device)
+        self.num_layers_max = self._layout.num_layers_max
+        self.num_positions = self._layout.num_positions
+        self.num_slices = self._layout.num_slices
+
+        # free towers store their blocks R (init I), orthogonal towers the Cayley generators P
+        # (init 0 -> R = I): at init the adapted model is exactly the pretrained one
         self.blocks = nn.ParameterDict()
+        n_t = len(self.targets)
         for name in TOWERS:
             spec = self.towers[name]
-            ref = params[spec.in_proj_names[0]]
-            num = n_t * spec.num_layers
-            b = spec.width // q
-            if name in self.orthogonal_towers:  # generators P, init 0 -> R = I
-                init = torch.zeros(num, b, q, q, device=ref.device)
-            else:  # blocks R, init I
-                init = torch.eye(q, device=ref.device).expand(num, b, q, q).clone()
+            num, b = n_t * spec.num_layers, spec.width // q
+            if name in self.orthogonal_towers:
+                init = torch.zeros(num, b, q, q, device=device)
+            else:
+                init = torch.eye(q, device=device).expand(num, b, q, q).clone()
             self.blocks[name] = nn.Parameter(init)
-            slots = torch.tensor([(layer + 1) * self.num_layers_max // spec.num_layers - 1
-                                  for layer in range(spec.num_layers)])
-            positions = (slots[:, None] * n_t + torch.arange(n_t)).reshape(-1)
-            self.register_buffer(f'_positions_{name}', positions.to(ref.device), persistent=False)
 
         self.dcrc = None
         if dcrc != 'off':
@@ -201,86 +249,28 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         if freeze_clip:
             freeze_module(clip)
 
-        self.cache_frozen = cache_frozen
         self._frozen_cache: Dict[Tuple[str, str, str], Tuple[tuple, Tensor]] = {}
+        self._stacks = FrozenStacks(q, cache_frozen, self._frozen_cache)
         self._init_merge_state()
         self._energy_cache: Dict[Tuple[str, str], Tuple[int, int, Tensor]] = {}
 
-    # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _check_targets(targets: Sequence[str]) -> Tuple[str, ...]:
-        if isinstance(targets, str):
-            targets = (targets, )
-        targets = tuple(targets)
-        unknown = [t for t in targets if t not in TARGETS]
-        if unknown:
-            raise ValueError(f'unknown target(s) {unknown}; valid targets are {TARGETS} '
-                             '(q, k, v: row slices of attn.in_proj_weight; out: '
-                             'attn.out_proj.weight)')
-        if not targets or len(set(targets)) != len(targets):
-            raise ValueError(f'targets must be a non-empty list without repeats, got {targets}')
-        return tuple(t for t in TARGETS if t in targets)
+    @property
+    def cache_frozen(self) -> bool:
+        """Whether the frozen weights are kept stacked between calls (settable)."""
+        return self._stacks.enabled
 
-    @staticmethod
-    def _check_sides(sides: Union[str, Mapping[str, str]],
-                     targets: Tuple[str, ...]) -> Dict[str, str]:
-        if isinstance(sides, str):
-            if sides not in SIDE_PRESETS:
-                raise ValueError(f'unknown sides={sides!r}; choose one of {sorted(SIDE_PRESETS)} '
-                                 f"or a dict like dict(q='input', k='input', v='input', "
-                                 f"out='output')")
-            return {t: SIDE_PRESETS[sides][t] for t in targets}
-        sides = dict(sides)
-        unknown = [t for t in sides if t not in TARGETS]
-        missing = [t for t in targets if t not in sides]
-        if unknown or missing:
-            raise ValueError(f'sides dict must give a side for every target {targets}; '
-                             f'unknown keys {unknown}, missing {missing}')
-        bad = {t: s for t, s in sides.items() if s not in SIDES}
-        if bad:
-            raise ValueError(f'sides must be one of {SIDES}; got {bad}')
-        return {t: sides[t] for t in targets}
+    @cache_frozen.setter
+    def cache_frozen(self, value: bool) -> None:
+        self._stacks.enabled = bool(value)
+        if not value:
+            self._frozen_cache.clear()
 
-    @staticmethod
-    def _check_block_size(q: int, towers: Iterable[TowerSpec]) -> None:
-        towers = list(towers)
-        for spec in towers:
-            if spec.width % q:
-                widths = sorted({s.width for s in towers})
-                suggestion = ', '.join(map(str, _suggest_block_sizes(widths, q)))
-                raise ValueError(
-                    f'block_size q={q} does not divide the {spec.name} width {spec.width} '
-                    f'({spec.prefix}.*.attn); choose a divisor of every target width {widths}, '
-                    f'such as {suggestion}')
+    def raw_parameters(self) -> Dict[str, nn.Parameter]:
+        """tower -> its stored parameter ``[L_t · n_targets, b_t, q, q]`` (position-major):
+        the blocks ``R`` of a free tower or the generators ``P`` of an orthogonal one."""
+        return {name: self.blocks[name] for name in TOWERS}
 
     # ------------------------------------------------------------------ DCRC tensor
-    def _positions(self, tower: str) -> Tensor:
-        return getattr(self, f'_positions_{tower}')
-
-    def _full_depth(self, tower: str) -> bool:
-        return self.towers[tower].num_layers == self.num_layers_max
-
-    def _assemble(self, per_tower: Mapping[str, Tensor]) -> Tensor:
-        """Per-tower blocks ``[M_t, b_t, q, q]`` -> stored DCRC tensor ``[M, S, q, q]``."""
-        parts = []
-        for name in DCRC_TOWER_ORDER:
-            part = per_tower[name]
-            if not self._full_depth(name):
-                full = part.new_zeros(self.num_positions, *part.shape[1:])
-                part = full.index_copy(0, self._positions(name), part)
-            parts.append(part)
-        return torch.cat(parts, dim=1)
-
-    def _split(self, stored: Tensor) -> Dict[str, Tensor]:
-        """Stored DCRC tensor ``[M, S, q, q]`` -> per-tower blocks ``[M_t, b_t, q, q]`` (views)."""
-        sizes = [self.towers[name].width // self.block_size for name in DCRC_TOWER_ORDER]
-        out = {}
-        for name, part in zip(DCRC_TOWER_ORDER, stored.split(sizes, dim=1)):
-            if not self._full_depth(name):
-                part = part.index_select(0, self._positions(name))
-            out[name] = part
-        return out
-
     def dcrc_tensor(self, mixed: bool = False) -> Tensor:
         """The block tensor ``T ∈ R^{q×q×S×M}`` of Eq. 7 (text blocks first along mode 3).
 
@@ -290,20 +280,20 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         Returns:
             Tensor: ``[q, q, S, M]``, a permuted view of the stored ``[M, S, q, q]`` tensor.
         """
-        stored = self._assemble(dict(self.blocks.items()))
+        stored = self._layout.assemble(self.raw_parameters())
         if mixed and self.dcrc is not None:
             with _no_autocast(stored.device.type):  # mixed in fp32, as the parameters are
                 stored = self.dcrc(stored)
         return stored.permute(2, 3, 1, 0)
 
     def _mixed_blocks(self) -> Dict[str, Tensor]:
-        raw = dict(self.blocks.items())
+        raw = self.raw_parameters()
         if self.dcrc is None:
             return raw
-        stored = self._assemble(raw)
+        stored = self._layout.assemble(raw)
         with _no_autocast(stored.device.type):  # fp32 under autocast: blocks are I + small
             mixed = self.dcrc(stored)
-        return self._split(mixed)  # one DCRC mixing per call
+        return self._layout.split(mixed)  # one DCRC mixing per call
 
     # ------------------------------------------------------------------ transforms
     def transforms(self, towers: Sequence[str] = TOWERS) -> Dict[str, Tensor]:
@@ -333,143 +323,6 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
             spec = self.towers[name]
             out[name] = blocks.reshape(spec.num_layers, len(self.targets), spec.width // q, q, q)
         return {name: out[name] for name in towers}
-
-    def _frozen_stack(self, clip: nn.Module, spec: TowerSpec, kind: str, side: str,
-                      dtype: Optional[torch.dtype]) -> Tensor:
-        """The frozen weights of one kind, stacked in the layout of the batched block product.
-
-        Built once and cached while the frozen weights are unchanged (same storage and version
-        counter), frozen and of the requested dtype: the per-step cost is then zero and the
-        cache is the very tensor the backward pass would keep alive anyway.
-
-        Args:
-            clip (nn.Module): the model holding the weights.
-            spec (TowerSpec): the tower.
-            kind (str): 'in' (``attn.in_proj_weight``, n = 3 row slices) or 'out'
-                (``attn.out_proj.weight``, n = 1).
-            side (str): 'input' -> ``[L, n, b, d, q]`` (the q-column blocks of every weight);
-                'output' -> ``[L, n, b, q, d]`` (the q-row blocks: the plain stack).
-            dtype (torch.dtype | None): wanted dtype (default: the weights' own).
-
-        Returns:
-            Tensor: the stack described above.
-        """
-        names = spec.in_proj_names if kind == 'in' else spec.out_proj_names
-        try:
-            params = [clip.get_parameter(name) for name in names]
-        except AttributeError as err:
-            raise ValueError(f'the given model has no parameter {err}; pass the CLIP this '
-                             'adapter was built for') from err
-        L, d, n = spec.num_layers, spec.width, 3 if kind == 'in' else 1
-        b, q = d // self.block_size, self.block_size
-        if tuple(params[0].shape) != (n * d, d):
-            raise ValueError(f'{names[0]} has shape {tuple(params[0].shape)}, but the adapter '
-                             f'was built for {(n * d, d)}; pass the CLIP it was built for')
-        dtype = dtype or params[0].dtype
-        cacheable = (
-            self.cache_frozen and dtype == params[0].dtype and
-            not any(p.requires_grad for p in params) and not torch.is_inference_mode_enabled())
-        key = (spec.name, kind, side)
-        stamp = (dtype, params[0].device, tuple((p.data_ptr(), p._version) for p in params))
-        hit = self._frozen_cache.pop(key, None)
-        if cacheable and hit is not None and hit[0] == stamp:
-            self._frozen_cache[key] = hit
-            return hit[1]
-        weight = torch.stack(params).to(dtype)  # [L, n d, d]
-        if side == 'input':
-            weight = weight.view(L, n, d, b, q).permute(0, 1, 3, 2, 4).contiguous()
-        else:
-            weight = weight.view(L, n, b, q, d)
-        if cacheable:
-            self._frozen_cache[key] = (stamp, weight)
-        return weight
-
-    @staticmethod
-    def _block_product(frozen: Tensor, blocks: Tensor, side: str, dtype: torch.dtype) -> Tensor:
-        """``W · B`` or ``B · W`` for a batch of weights, as one ``bmm`` (Eq. 4-5).
-
-        Formed in fp32 (fp64 for fp64 inputs) with autocast off and cast once to ``dtype``.
-
-        Args:
-            frozen (Tensor): ``[N, b, d_out, q]`` (input side) or ``[N, b, q, d_in]`` (output
-                side), from :meth:`_frozen_stack`.
-            blocks (Tensor): ``[N, b, q, q]``.
-            side (str): 'input' or 'output'.
-            dtype (torch.dtype): dtype of the result.
-
-        Returns:
-            Tensor: transformed weights ``[N, d_out, d_in]``.
-        """
-        N, b, q = blocks.shape[:3]
-        acc = _accumulate_dtype(frozen.dtype, blocks.dtype)
-        blocks, frozen = blocks.reshape(N * b, q, q).to(acc), frozen.to(acc)
-        with _no_autocast(blocks.device.type):
-            if side == 'input':  # W'[:, block i] = W[:, block i] @ R_i
-                d_out = frozen.shape[2]
-                out = torch.bmm(frozen.reshape(N * b, d_out, q), blocks).to(dtype)
-                return out.view(N, b, d_out, q).transpose(1, 2).reshape(N, d_out, b * q)
-            d_in = frozen.shape[3]  # W'[block i, :] = R_i @ W[block i, :]
-            return torch.bmm(blocks, frozen.reshape(N * b, q, d_in)).to(dtype).view(
-                N, b * q, d_in)
-
-    def _tower_weights(self,
-                       clip: nn.Module,
-                       spec: TowerSpec,
-                       blocks: Tensor,
-                       dtype: Optional[torch.dtype] = None) -> Dict[str, Tensor]:
-        """Transformed ``in_proj_weight`` / ``out_proj.weight`` of every layer of one tower.
-
-        Args:
-            clip (nn.Module): the model holding the frozen weights.
-            spec (TowerSpec): the tower.
-            blocks (Tensor): ``[L, n_targets, b, q, q]`` from :meth:`transforms`.
-            dtype (torch.dtype | None): dtype of the returned weights (default: the frozen
-                weights' own); they are formed in fp32 whatever it is.
-
-        Returns:
-            dict[str, Tensor]: parameter name -> transformed weight.
-        """
-        L, d = spec.num_layers, spec.width
-        pos = {t: i for i, t in enumerate(self.targets)}
-        result = {}
-        qkv = [t for t in QKV if t in pos]
-        if qkv:
-            sides = {self.sides[t] for t in qkv}
-            if len(qkv) == 3 and len(sides) == 1:  # one product for q, k, v of every layer
-                side = sides.pop()
-                frozen = self._frozen_stack(clip, spec, 'in', side, None)
-                out_dtype = dtype or frozen.dtype
-                r = blocks[:, pos['q']:pos['q'] + 3]  # [L, 3, b, q, q]
-                if frozen.requires_grad:  # trainable CLIP weights: plain autograd
-                    new_in = self._block_product(frozen.flatten(0, 1), r.flatten(0, 1), side,
-                                                 out_dtype)
-                    new_in = new_in.view(L, 3 * d, d).unbind(0)
-                else:
-                    new_in = layerwise_block_product(frozen, r, side, out_dtype)
-            else:
-                pieces = []
-                for i, t in enumerate(QKV):
-                    side = self.sides.get(t, 'output')
-                    frozen = self._frozen_stack(clip, spec, 'in', side, None)[:, i]
-                    out_dtype = dtype or frozen.dtype
-                    if t in pos:
-                        pieces.append(
-                            self._block_product(frozen, blocks[:, pos[t]], side, out_dtype))
-                    else:  # untargeted slice: the frozen rows themselves
-                        pieces.append(frozen.reshape(L, d, d).to(out_dtype))
-                new_in = torch.stack(pieces, dim=1).view(L, 3 * d, d).unbind(0)
-            result.update(zip(spec.in_proj_names, new_in))
-        if 'out' in pos:
-            side = self.sides['out']
-            frozen = self._frozen_stack(clip, spec, 'out', side, None)
-            out_dtype = dtype or frozen.dtype
-            r = blocks[:, pos['out']:pos['out'] + 1]  # [L, 1, b, q, q]
-            if frozen.requires_grad:
-                new_out = self._block_product(frozen[:, 0], r[:, 0], side, out_dtype).unbind(0)
-            else:
-                new_out = layerwise_block_product(frozen, r, side, out_dtype)
-            result.update(zip(spec.out_proj_names, new_out))
-        return result
 
     def _check_towers_arg(self, towers: Union[str, Sequence[str]]) -> Tuple[str, ...]:
         towers = (towers, ) if isinstance(towers, str) else tuple(towers)
@@ -507,105 +360,32 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
         if self._merged:
             return {}
         towers = self._check_towers_arg(towers)
-        device = self.blocks['image'].device
+        device = self.raw_parameters()['image'].device
         if dtype is None:
             dtype = _autocast_dtype(device.type)  # None: each weight keeps its own dtype
         with _no_autocast(device.type):
             blocks = self.transforms(towers)
             weights = {}
             for name in towers:
-                weights.update(self._tower_weights(clip, self.towers[name], blocks[name], dtype))
+                weights.update(
+                    tower_weights(clip, self.towers[name], blocks[name], self.targets, self.sides,
+                                  self._stacks, dtype))
         return weights
 
     # ------------------------------------------------------------------ merge
     # merged / merge / unmerge: MergeableAdapterMixin (merging.py)
 
-    # ------------------------------------------------------------------ energy
-    def _reference_energy(self, key: Tuple[str, str], weight: Tensor, **kwargs) -> Tensor:
-        stamp = (weight.data_ptr(), weight._version)
-        cached = self._energy_cache.get(key)
-        if cached is None or cached[:2] != stamp:
-            cached = (*stamp, hyperspherical_energy(weight, **kwargs))
-            self._energy_cache[key] = cached
-        return cached[2]
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------ reporting
     def energy_drift(self,
                      clip: nn.Module,
                      towers: Union[str, Sequence[str]] = ('text', ),
                      **kwargs) -> Dict[str, float]:
-        """Relative hyperspherical-energy drift of every target against its pretrained weight.
+        """:func:`mmseg_hclip.peft.reporting.energy_drift` of this adapter."""
+        return reporting.energy_drift(self, clip, towers, **kwargs)
 
-        ``|HE(W') - HE(W)| / HE(W)`` (Eq. 1, normalised) for the q, k, v slices and out_proj of
-        every layer. Zero (to rounding) for orthogonal towers on the input side. The pretrained
-        energies are cached (invalidated when the frozen weights change).
-
-        Args:
-            clip (nn.Module): the CLIP the adapter was built for (merged or not).
-            towers (str | Sequence[str]): towers to report (default: text).
-            **kwargs: forwarded to :func:`hyperspherical_energy` (``chunk_size``, ``dtype``).
-
-        Returns:
-            dict[str, float]: ``'{tower}.{layer}.{target}'`` -> drift.
-        """
-        towers = self._check_towers_arg(towers)
-        if self._merged:
-            if self._originals is None:
-                raise RuntimeError('merged with keep_original=False: no pretrained weights to '
-                                   'compare against')
-            current = {n: clip.get_parameter(n) for n in self._originals}
-            original = self._originals
-        else:
-            current = self.forward(clip, towers)
-            original = {n: clip.get_parameter(n) for n in current}
-        drifts = {}
-        for tower in towers:
-            spec = self.towers[tower]
-            for layer in range(spec.num_layers):
-                for target in self.targets:
-                    if target == 'out':
-                        name, rows = spec.out_proj_names[layer], slice(None)
-                    else:
-                        i = QKV.index(target)
-                        name, rows = spec.in_proj_names[layer], slice(i * spec.width,
-                                                                      (i + 1) * spec.width)
-                    ref = original[name][rows]
-                    ref_energy = self._reference_energy((name, target), ref, **kwargs)
-                    drift = relative_energy_drift(
-                        current[name][rows], ref, reference_energy=ref_energy, **kwargs)
-                    drifts[f'{tower}.{layer}.{target}'] = drift.item()
-        return drifts
-
-    # ------------------------------------------------------------------ reporting
     def parameter_counts(self) -> Dict[str, Dict[str, int]]:
-        """Stored and effective parameter counts (the parameter report of DESIGN §3).
-
-        Returns:
-            dict: ``{'image'|'text'|'dcrc'|'total': {'stored': n, 'trainable': n,
-            'effective': n}}``. ``effective`` counts the degrees of freedom: a Cayley block has
-            ``q(q-1)/2`` (its skew part), a free block ``q²``; relation maps count in full.
-        """
-        q = self.block_size
-        counts = {}
-        for name in TOWERS:
-            param = self.blocks[name]
-            n_blocks = param.shape[0] * param.shape[1]
-            per_block = q * (q - 1) // 2 if name in self.orthogonal_towers else q * q
-            counts[name] = dict(
-                stored=param.numel(),
-                trainable=param.numel() if param.requires_grad else 0,
-                effective=n_blocks * per_block)
-        dcrc_params = list(self.dcrc.parameters()) if self.dcrc is not None else []
-        n_dcrc = sum(p.numel() for p in dcrc_params)
-        counts['dcrc'] = dict(
-            stored=n_dcrc,
-            trainable=sum(p.numel() for p in dcrc_params if p.requires_grad),
-            effective=n_dcrc)
-        counts['total'] = {
-            key: sum(counts[k][key] for k in ('image', 'text', 'dcrc'))
-            for key in ('stored', 'trainable', 'effective')
-        }
-        return counts
+        """:func:`mmseg_hclip.peft.reporting.parameter_counts` of this adapter."""
+        return reporting.parameter_counts(self)
 
     def weight_settings(self) -> Dict[str, object]:
         """The settings that decide what the adapter's parameters mean (for checkpoints).

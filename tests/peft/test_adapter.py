@@ -351,6 +351,18 @@ def test_frozen_cache_follows_weight_changes(clip, inputs):
     assert _max_diff(after, before) > 1e-3
 
 
+def test_cache_frozen_switch(clip):
+    adapter = randomize(HCLIPAdapter(clip, block_size=Q))
+    cached = adapter(clip)
+    assert adapter.cache_frozen and adapter._frozen_cache
+    adapter.cache_frozen = False  # settable after construction: the kept stacks are dropped
+    assert not adapter._frozen_cache
+    uncached = adapter(clip)
+    assert not adapter._frozen_cache
+    for name, w in cached.items():
+        assert torch.equal(w, uncached[name])
+
+
 def test_gradients_equal_plain_autograd(base_clip, inputs):
     """The layer-wise custom backward gives the gradients of plain autograd."""
     grads = []
