@@ -29,6 +29,7 @@ except ImportError:  # running from a checkout without installing the package
 
 from mmseg_hclip.apis import (init_model, inference_model, load_image, parse_vocabulary,
                               resolve_device, show_result)
+from mmseg_hclip.utils.memory import fit_inference_to_memory, restore_prediction_size
 
 
 def parse_args(argv=None):
@@ -54,6 +55,11 @@ def parse_args(argv=None):
     parser.add_argument('--no-legend', action='store_true',
                         help='do not draw the legend box (top-left corner)')
     parser.add_argument(
+        '--memory-budget', type=float, default=4.0,
+        help='GiB the run may use (estimated): when the config\'s test_cfg.mode would need '
+        'more for this image and vocabulary, \'reference\' mode is used, on a smaller copy '
+        'of the image if needed (default 4)')
+    parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, e.g. model.test_cfg.mode=whole')
     return parser.parse_args(argv)
@@ -72,8 +78,13 @@ def run(args) -> dict:
                                 'file written by tools/train.py or tools/merge_weights.py.')
     model = init_model(args.config, args.checkpoint, device=device,
                        cfg_options=args.cfg_options)
+    run_image, memory_note = fit_inference_to_memory(model, image, len(vocabulary),
+                                                     args.memory_budget)
+    if memory_note:
+        print(memory_note)
     start = time.perf_counter()
-    result = inference_model(model, image, vocabulary)
+    result = restore_prediction_size(inference_model(model, run_image, vocabulary),
+                                     image.shape[:2])
     seconds = time.perf_counter() - start
     drawn, present = show_result(
         image, result, vocabulary, opacity=args.opacity, with_labels=not args.no_labels,
