@@ -21,7 +21,7 @@ from .coco_stuff import HCLIPCOCOStuffDataset
 from .pascal_context59 import PascalContext59Dataset
 from .pascal_context459 import PascalContext459Dataset
 from .transforms import *  # noqa: F401,F403
-from .transforms import LoadAnnotations16
+from .transforms import CheckSegLabels, LoadAnnotations16, check_label_map
 from .voc20 import PascalVOC20Dataset
 from .voc20b import VOC20B_BACKGROUND_INDEX, PascalVOC20bDataset
 
@@ -29,6 +29,7 @@ __all__ = [
     'HCLIPCOCOStuffDataset', 'ADE20K150Dataset', 'ADE20K847Dataset',
     'PascalContext59Dataset', 'PascalContext459Dataset', 'PascalVOC20Dataset',
     'PascalVOC20bDataset', 'VOC20B_BACKGROUND_INDEX', 'BenchmarkDatasetMixin',
-    'voc_style_palette', 'LoadAnnotations16', 'load_classnames',
+    'voc_style_palette', 'LoadAnnotations16', 'CheckSegLabels', 'check_label_map',
+    'load_classnames',
     'load_ade847_id_table', 'load_pascal_context_val_ids'
 ]

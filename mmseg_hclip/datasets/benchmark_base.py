@@ -7,8 +7,17 @@
   the metric and the loss see one value.
 * Custom class subsets (``metainfo=dict(classes=[...])``) map dropped classes
   to that ignore index instead of MMSeg's hard-coded 255.
+* Training and evaluation see the same, valid labels: a :class:`CheckSegLabels`
+  is inserted after the pipeline's annotation loader, so every label map is
+  checked when loaded (values in ``[0, num_classes)`` or the ignore index),
+  naming the file.
 """
 from typing import Dict, List, Optional, Sequence, Union
+
+from mmcv.transforms import LoadAnnotations as _BaseLoadAnnotations
+
+from .transforms.check_labels import CheckSegLabels
+from .transforms.loading import LoadAnnotations16
 
 
 def voc_style_palette(num_classes: int, offset: int = 1) -> List[List[int]]:
@@ -53,6 +62,7 @@ class BenchmarkDatasetMixin:
         self._ignore_for_label_map = default if ignore_index is None else ignore_index
         super().__init__(*args, ignore_index=self._ignore_for_label_map, **kwargs)
         self._metainfo['ignore_index'] = self.ignore_index
+        self._insert_label_checks()
 
     # Called from BaseSegDataset.__init__ through ``self`` (classmethod in MMSeg).
     def get_label_map(self, new_classes: Optional[Sequence] = None
@@ -102,6 +112,31 @@ class BenchmarkDatasetMixin:
         for info in data_list:
             info['ignore_index'] = self.ignore_index
         return data_list
+
+    # ------------------------------------------------------------------ checks
+    def _insert_label_checks(self) -> None:
+        """Put a :class:`CheckSegLabels` after each annotation loader of the pipeline."""
+        transforms = getattr(self.pipeline, 'transforms', None)
+        classes = self._metainfo.get('classes', None)
+        if transforms is None or not classes:
+            return
+        checked = []
+        for i, transform in enumerate(transforms):
+            checked.append(transform)
+            if not (isinstance(transform, _BaseLoadAnnotations)
+                    and getattr(transform, 'with_seg', True)):
+                continue
+            if self.ignore_index > 255 and not isinstance(transform, LoadAnnotations16):
+                raise ValueError(
+                    f'{type(self).__name__} has 16-bit labels (ignore_index='
+                    f'{self.ignore_index}) but its pipeline loads them with '
+                    f'{type(transform).__name__}, which casts to uint8 and wraps every id '
+                    "above 255; use dict(type='LoadAnnotations16')")
+            following = transforms[i + 1] if i + 1 < len(transforms) else None
+            if not isinstance(following, CheckSegLabels):
+                checked.append(CheckSegLabels(num_classes=len(classes),
+                                              ignore_index=self.ignore_index))
+        transforms[:] = checked
 
 
 __all__ = ['BenchmarkDatasetMixin', 'voc_style_palette']

@@ -3,6 +3,7 @@ import os.path as osp
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from ..datasets.benchmark_base import BenchmarkDatasetMixin
 from .shapes import EVAL_CLASSES, generate_shapes_dataset
 
 _PALETTE = [[128, 128, 128], [220, 40, 40], [170, 30, 30], [40, 190, 60], [30, 140, 45],
@@ -11,11 +12,12 @@ _PALETTE = [[128, 128, 128], [220, 40, 40], [170, 30, 30], [40, 190, 60], [30, 1
 
 
 @DATASETS.register_module()
-class ShapesDataset(BaseSegDataset):
+class ShapesDataset(BenchmarkDatasetMixin, BaseSegDataset):
     """The embedded quickstart dataset of coloured shapes (see :mod:`.shapes`).
 
     Labels are indices into :data:`~mmseg_hclip.quickstart.shapes.EVAL_CLASSES`
-    (0 = background); there are no ignored pixels. Pass
+    (0 = background); there are no ignored pixels. Labels are checked as in the
+    benchmark datasets (:class:`BenchmarkDatasetMixin`). Pass
     ``metainfo=dict(classes=TRAIN_CLASSES)`` to train on the seen vocabulary
     only: MMSeg's label mapping then keeps the seen ids, which are a prefix of
     the evaluation ids.
