@@ -7,17 +7,24 @@
   the metric and the loss see one value.
 * Custom class subsets (``metainfo=dict(classes=[...])``) map dropped classes
   to that ignore index instead of MMSeg's hard-coded 255.
-* Training and evaluation see the same, valid labels: a :class:`CheckSegLabels`
+* Checks, so that training and evaluation see the same, valid labels:
+  construction fails fast, naming the folders and the expected layout, when no
+  image is found or when an image has no label file; a :class:`CheckSegLabels`
   is inserted after the pipeline's annotation loader, so every label map is
-  checked when loaded (values in ``[0, num_classes)`` or the ignore index),
-  naming the file.
+  checked when loaded (one channel, the image's size, values in
+  ``[0, num_classes)`` or the ignore index), naming the file.
 """
+import os
+import os.path as osp
 from typing import Dict, List, Optional, Sequence, Union
 
 from mmcv.transforms import LoadAnnotations as _BaseLoadAnnotations
 
 from .transforms.check_labels import CheckSegLabels
 from .transforms.loading import LoadAnnotations16
+
+#: Files listed in a missing-label message at most.
+_LIST_LIMIT = 5
 
 
 def voc_style_palette(num_classes: int, offset: int = 1) -> List[List[int]]:
@@ -107,13 +114,80 @@ class BenchmarkDatasetMixin:
         return super()._update_palette()
 
     def load_data_list(self) -> List[dict]:
-        """MMSeg's data list, each info also carrying ``ignore_index``."""
+        """MMSeg's data list, each info also carrying ``ignore_index``.
+
+        Raises:
+            FileNotFoundError: The image folder does not exist, or images lack their label
+                file (when the pipeline loads labels).
+            ValueError: No image was found.
+        """
+        local = not self.backend_args
+        img_dir = self.data_prefix.get('img_path', None)
+        if local and not (self.ann_file and not osp.isdir(self.ann_file)) and img_dir \
+                and not osp.isdir(img_dir):
+            raise FileNotFoundError(
+                f'{type(self).__name__}: the image folder {img_dir} does not exist; '
+                f'{self._expected_layout()}')
         data_list = super().load_data_list()
+        if not data_list:
+            where = (f'the list {self.ann_file} is empty' if self.ann_file and
+                     not osp.isdir(self.ann_file) else
+                     f"no image ending in '{self.img_suffix}' under {img_dir}")
+            raise ValueError(f'{type(self).__name__}: {where}; {self._expected_layout()}')
+        if local and self._loads_labels():
+            self._check_files_exist(data_list)
         for info in data_list:
             info['ignore_index'] = self.ignore_index
         return data_list
 
     # ------------------------------------------------------------------ checks
+    def _expected_layout(self) -> str:
+        """One sentence naming the folders and suffixes this dataset reads."""
+        img_dir = self.data_prefix.get('img_path', '') or '.'
+        ann_dir = self.data_prefix.get('seg_map_path', None)
+        labels = (f' and its label {osp.join(ann_dir, "<name>" + self.seg_map_suffix)}'
+                  if ann_dir is not None else '')
+        return (f'expected every image as {osp.join(img_dir, "<name>" + self.img_suffix)}'
+                f'{labels} (set data_root, data_prefix=dict(img_path=..., seg_map_path=...), '
+                'img_suffix and seg_map_suffix; docs/datasets.md shows each benchmark\'s '
+                'layout and converter)')
+
+    def _loads_labels(self) -> bool:
+        """Whether the pipeline reads label maps (then every image needs one)."""
+        return any(isinstance(t, _BaseLoadAnnotations) and getattr(t, 'with_seg', True)
+                   for t in getattr(self.pipeline, 'transforms', []))
+
+    def _check_files_exist(self, data_list: List[dict]) -> None:
+        """Every image of the list and its label file are on disk (one listing per folder)."""
+        listings: Dict[str, set] = {}
+
+        def exists(path: str) -> bool:
+            folder, name = osp.split(path)
+            if folder not in listings:
+                try:
+                    listings[folder] = set(os.listdir(folder or '.'))
+                except OSError:
+                    listings[folder] = set()
+            return name in listings[folder]
+
+        checks = [('image', 'img_path')] if self.ann_file and not osp.isdir(
+            self.ann_file) else []
+        checks.append(('label', 'seg_map_path'))
+        for what, key in checks:
+            missing = [info for info in data_list if key in info and not exists(info[key])]
+            if not missing:
+                continue
+            shown = '; '.join(f"{info['img_path']} -> {info[key]}"
+                              for info in missing[:_LIST_LIMIT])
+            more = f' and {len(missing) - _LIST_LIMIT} more' if len(
+                missing) > _LIST_LIMIT else ''
+            folder = osp.dirname(missing[0][key])
+            absent = (f' (the folder {folder} does not exist)' if not osp.isdir(folder)
+                      else '')
+            raise FileNotFoundError(
+                f'{type(self).__name__}: {len(missing)} of {len(data_list)} images have no '
+                f'{what} file{absent}: {shown}{more}; {self._expected_layout()}')
+
     def _insert_label_checks(self) -> None:
         """Put a :class:`CheckSegLabels` after each annotation loader of the pipeline."""
         transforms = getattr(self.pipeline, 'transforms', None)

@@ -1,5 +1,6 @@
 """Labels are validated as training validates them, in every pipeline of the H-CLIP datasets:
-bad values name the file when loaded."""
+bad values, channels and sizes name the file when loaded; an empty folder or a missing label
+file fails at construction, naming the folders and the expected layout."""
 from pathlib import Path
 
 import cv2
@@ -120,7 +121,35 @@ def test_class_subset_counts_the_subset(tmp_path):
                                   [[255, 255, 0, 1]] * 4)
 
 
-# ---------------------------------------------------------------- the inserted check
+# ---------------------------------------------------------------- channels and size (#5)
+def test_label_of_another_size_names_both_files(tmp_path):
+    write_pair(tmp_path, 'img7', np.zeros((30, 40), np.uint8), image_hw=(32, 40))
+    with pytest.raises(ValueError) as err:
+        pc59(tmp_path)[0]
+    msg = str(err.value)
+    assert 'img7.png' in msg and 'img7.jpg' in msg and '30x40' in msg and '32x40' in msg
+    assert 'nearest' in msg
+
+
+def test_three_channel_label_with_mmseg_loader(tmp_path):
+    """MMSeg's LoadAnnotations keeps an RGB label as [H, W, 3]; the dataset's check stops it."""
+    from mmseg_hclip.quickstart import ShapesDataset
+    root = tmp_path / 'shapes'
+    (root / 'img_dir' / 'val').mkdir(parents=True)
+    (root / 'ann_dir' / 'val').mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'img_dir' / 'val' / 'a.png')
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / 'ann_dir' / 'val' / 'a.png')
+    ds = ShapesDataset(generate=False, data_root=str(root),
+                       data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
+                       pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+                                 dict(type='PackSegInputs')])
+    assert [type(t).__name__ for t in ds.pipeline.transforms] == [
+        'LoadImageFromFile', 'LoadAnnotations', 'CheckSegLabels', 'PackSegInputs']
+    with pytest.raises(ValueError, match=r'a\.png: a label map must have one channel .*'
+                                         r'\(16, 16, 3\)'):
+        ds[0]
+
+
 def test_check_is_not_inserted_twice_and_is_usable_alone(tmp_path):
     from mmseg_hclip.datasets import CheckSegLabels
     write_pair(tmp_path, 'a', np.zeros((4, 4), np.uint8))
@@ -142,3 +171,59 @@ def test_16bit_dataset_with_the_8bit_loader_is_refused(tmp_path):
     ds_cfg.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
     with pytest.raises(ValueError, match="wraps every id above 255; use dict.type='Load"):
         DATASETS.build(ds_cfg)
+
+
+# ---------------------------------------------------------------- construction (#5)
+def test_empty_folder_names_the_layout(tmp_path):
+    (tmp_path / 'images' / 'val').mkdir(parents=True)
+    with pytest.raises(ValueError) as err:
+        pc59(tmp_path)
+    msg = str(err.value)
+    assert f"no image ending in '.jpg' under {tmp_path}/images/val" in msg, msg
+    assert f'{tmp_path}/annotations/val/<name>.png' in msg and 'data_prefix' in msg
+
+
+def test_missing_image_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f'image folder {tmp_path}/images/val does '
+                                                'not exist; expected every image as'):
+        pc59(tmp_path)
+
+
+def test_missing_label_found_at_construction(tmp_path):
+    write_pair(tmp_path, 'a', np.zeros((4, 4), np.uint8))
+    write_pair(tmp_path, 'b', None, image_hw=(4, 4))
+    with pytest.raises(FileNotFoundError) as err:
+        pc59(tmp_path)
+    msg = str(err.value)
+    assert '1 of 2 images have no label file' in msg
+    assert f'{tmp_path}/images/val/b.jpg -> {tmp_path}/annotations/val/b.png' in msg
+    # a pipeline that reads no labels needs none
+    assert len(pc59(tmp_path, pipeline=[dict(type='LoadImageFromFile')])) == 2
+
+
+def test_missing_label_folder(tmp_path):
+    write_pair(tmp_path, 'a', np.zeros((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match='the folder .*/labels does not exist'):
+        pc59(tmp_path, data_prefix=dict(img_path='images/val', seg_map_path='labels'))
+
+
+def test_construction_check_lists_each_folder_once(tmp_path, monkeypatch):
+    """One directory listing per label folder, not one file-system call per image."""
+    import os
+
+    import mmseg_hclip.datasets.benchmark_base as base
+    img_dir, ann_dir = tmp_path / 'images' / 'val', tmp_path / 'annotations' / 'val'
+    img_dir.mkdir(parents=True)
+    ann_dir.mkdir(parents=True)
+    for i in range(500):
+        (img_dir / f'{i:06d}.jpg').touch()
+        (ann_dir / f'{i:06d}.png').touch()
+    calls, original = [], os.listdir
+
+    def listdir(path):
+        calls.append(path)
+        return original(path)
+
+    monkeypatch.setattr(base.os, 'listdir', listdir)
+    assert len(pc59(tmp_path)) == 500
+    assert calls == [str(ann_dir)]

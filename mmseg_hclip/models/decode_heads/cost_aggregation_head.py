@@ -201,6 +201,10 @@ class HCLIPCostAggHead(BaseDecodeHead):
     def _check_config(feature_size, window_size, channels, num_heads, decoder_channels,
                       decoder_guidance_channels, decoder_guidance_proj_channels, pad_len,
                       pool_size, test_pool_size) -> None:
+        if not isinstance(window_size, int) or isinstance(window_size, bool) or window_size < 1:
+            raise ValueError(f'decode_head.window_size={window_size!r} must be a positive '
+                             'integer (the side of the Swin attention window in feature-map '
+                             'cells; 12 in the reference ViT-B/16 config)')
         if min(feature_size) < window_size:
             raise ValueError(f'window_size={window_size} is larger than the feature map '
                              f'{tuple(feature_size)}; choose a window of at most '
