@@ -6,7 +6,7 @@ Examples (from the repository root)::
     python projects/hclip_demo/app.py configs/hclip_vitb16_ade150.py iter_80000.pth \
         --device cuda --port 7860
     python projects/hclip_demo/app.py configs/quickstart/hclip_tiny_shapes.py \
-        work_dirs/quickstart/iter_1200.pth        # the quickstart's model, seconds on a CPU
+        work_dirs/hclip_tiny_shapes/iter_400.pth   # after tools/train.py on that config (toy model)
 
 The checkpoint may be a training checkpoint or the output of tools/merge_weights.py (found
 from its meta; same config). The page listens on 127.0.0.1 unless --host says otherwise.

@@ -10,7 +10,7 @@ Playwright drives the system Chromium (``--chromium``, default /usr/bin/chromium
 browser download (``playwright install``) is not needed. Example::
 
     python projects/hclip_demo/tools/browser_screenshot.py \
-        configs/quickstart/hclip_tiny_shapes.py work_dirs/quickstart/iter_1200.pth \
+        configs/quickstart/hclip_tiny_shapes.py work_dirs/quickstart/iter_400.pth \
         --image shapes.png --vocabulary "background, red circle, blue square" \
         --out projects/hclip_demo/resources/screenshot.png
 
@@ -114,8 +114,9 @@ def drive(url: str, args) -> str:
                     page.locator('#score-caption').get_by_text(args.score_class).wait_for(
                         timeout=args.timeout * 1000)
                     page.mouse.click(5, 5)  # close the dropdown
-                page.wait_for_timeout(500)  # let the images finish painting
+            page.wait_for_timeout(800)  # let images and messages finish appearing
             print(f'result after {time.time() - started:.1f} s in the browser')
+            os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
             page.screenshot(path=args.out, full_page=True)
             return info
         finally:
@@ -138,7 +139,6 @@ def main(argv=None):
     finally:
         if demo is not None:
             demo.close()
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     print(info)
     print(f'saved {args.out}')
 
