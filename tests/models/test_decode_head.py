@@ -415,3 +415,126 @@ def test_head_built_from_registry():
     head = MODELS.build(dict(type='HCLIPCostAggHead', **SMALL))
     assert isinstance(head, HCLIPCostAggHead)
     assert head.loss_decode.ignore_as_negative is True
+
+
+# ----------------------------------------------------------- fast vs reference
+def _grads_of(module, inputs, out, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * weight).sum(), list(inputs) + params, allow_unused=True)
+    return [torch.zeros(()) if gr is None else gr for gr in grads]
+
+
+def _assert_rel(a, b, tol, what=''):
+    err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    assert err <= tol, f'{what}: relative difference {err:.2e} > {tol:.0e}'
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('size', [(3, 3), (4, 5)])
+def test_up_block_fast_equals_reference(dtype, tol, size):
+    """Composed transposed conv + first conv, per-image guidance term, channels-last:
+    the same outputs and gradients (inputs, every parameter) as the concatenation path."""
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import GuidedUpBlock
+    torch.manual_seed(0)
+    block = GuidedUpBlock(32, 16, 8).to(dtype)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # GroupNorm affine away from (1, 0)
+    b, t = 2, 3
+    x = torch.randn(b * t, 32, *size, dtype=dtype, requires_grad=True)
+    guid = torch.randn(b, 8, 2 * size[0], 2 * size[1], dtype=dtype, requires_grad=True)
+    results = {}
+    for impl in ('reference', 'fast'):
+        block.impl = impl
+        out = block(x, guid)
+        results[impl] = [out] + _grads_of(block, (x, guid), out)
+    assert results['fast'][0].shape == (b * t, 16, 2 * size[0], 2 * size[1])
+    for i, (f, r) in enumerate(zip(results['fast'], results['reference'])):
+        _assert_rel(f, r, tol, f'tensor {i}')
+
+
+def test_compose_up_conv_is_the_composition():
+    """compose_up_conv + ParityInterleave == conv3x3(conv_transpose2x2(x)) without biases."""
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import (ParityInterleave,
+                                                                         compose_up_conv)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    w_up = torch.randn(5, 6, 2, 2, dtype=torch.float64)
+    w_conv = torch.randn(7, 6, 3, 3, dtype=torch.float64)
+    ref = F.conv2d(F.conv_transpose2d(x, w_up, stride=2), w_conv, padding=1)
+    y = F.conv2d(x, compose_up_conv(w_up, w_conv), padding=1)
+    out = ParityInterleave.apply(y, 3, 4).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_head_fast_equals_reference_float64(train):
+    """The whole head, fast vs reference, in float64: logits and every gradient."""
+    head = make_head().double().train(train)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if 'pad_' in name or 'norm' in name or '.gn.' in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    inp = make_inputs(b=2, n=5, dtype=torch.float64)
+    leaves = [inp['dense'], *inp['guidance'], inp['text']]
+    for leaf in leaves:
+        leaf.requires_grad_()
+    results = {}
+    for impl in ('reference', 'fast'):
+        head.impl = impl
+        out = head(inp)
+        results[impl] = [out] + _grads_of(head, leaves, out)
+    for i, (f, r) in enumerate(zip(results['fast'], results['reference'])):
+        if r.norm() > 1e-12:  # the key bias of softmax attention has no gradient (0 ± 1e-17)
+            _assert_rel(f, r, 1e-10, f'tensor {i}')
+
+
+def test_head_impl_switch_and_error():
+    head = make_head(impl='reference')
+    assert {m.impl for m in head.modules() if hasattr(m, 'impl')} == {'reference'}
+    head.impl = 'fast'
+    assert {m.impl for m in head.modules() if hasattr(m, 'impl')} == {'fast'}
+    with pytest.raises(ValueError, match="impl='slow'"):
+        make_head(impl='slow')
+
+
+# ------------------------------------------------------------- initialisation
+def _conv_modules(head):
+    from mmcv.cnn import ConvModule
+    return [m.conv for m in head.modules() if isinstance(m, ConvModule)]
+
+
+@pytest.mark.parametrize('run_init_weights', [False, True])
+def test_conv_init_pytorch_default_like_catseg(run_init_weights):
+    """conv_init='pytorch' (default): ConvModule convs keep nn.Conv2d's default init,
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, also after the runner's
+    init_weights(); 'kaiming' gives ConvModule's N(0, 2/fan_out) with zero bias."""
+    head = HCLIPCostAggHead()  # reference sizes: enough weights for the statistics
+    if run_init_weights:
+        head.init_weights()
+    convs = _conv_modules(head)
+    assert len(convs) == 1 + 2 + 4  # image guidance, 2 decoder guidance, 2 x 2 decoder
+    for conv in convs:
+        fan_in = conv.in_channels * 9
+        bound = 1 / math.sqrt(fan_in)
+        w = conv.weight
+        assert w.abs().max() <= bound
+        assert abs(w.std().item() - bound / math.sqrt(3)) < 0.05 * bound
+        if conv.bias is not None:
+            assert conv.bias.abs().max() <= bound and conv.bias.abs().sum() > 0
+    head = HCLIPCostAggHead(conv_init='kaiming')
+    if run_init_weights:
+        head.init_weights()
+    for conv in _conv_modules(head):
+        fan_out = conv.out_channels * 9
+        assert abs(conv.weight.std().item() - math.sqrt(2 / fan_out)) < 0.05 * math.sqrt(
+            2 / fan_out)
+        if conv.bias is not None:
+            assert (conv.bias == 0).all()
+
+
+def test_conv_init_error():
+    with pytest.raises(ValueError, match="conv_init='xavier'"):
+        make_head(conv_init='xavier')

@@ -530,6 +530,94 @@ class AggregationLayer(BaseModule):
         return self.cls(self.spatial(x, appearance_guidance), text_guidance)
 
 
+def _parity_taps(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Selection tensor ``S[a, r, t, u]`` (all 0/1) of :func:`compose_up_conv`.
+
+    Output row ``2i + a`` of a ×2 transposed conv (kernel 2, stride 2) followed by a 3×3
+    conv (padding 1) reads, through the 3×3 tap ``t`` (offset ``t - 1``), the upsampled
+    row ``2i + a + t - 1``, which the transposed conv made from input row
+    ``i + (a + t - 1) // 2`` with its tap ``u = (a + t - 1) % 2``. On an input padded by
+    one row that input row is row ``r = (a + t - 1) // 2 + 1 - a`` ∈ {0, 1} of a 2×2
+    window anchored at ``i + a``. ``S[a, r, t, u] = 1`` for each such (a, t).
+    """
+    sel = torch.zeros(2, 2, 3, 2, device=device, dtype=dtype)
+    for a in range(2):
+        for t in range(3):
+            d = a + t - 1
+            sel[a, d // 2 + 1 - a, t, d % 2] = 1
+    return sel
+
+
+def compose_up_conv(up_weight: Tensor, conv_weight: Tensor) -> Tensor:
+    """One 2×2 kernel per output parity for ``conv3x3(conv_transpose_2x2_s2(x))``.
+
+    A transposed conv with kernel 2 and stride 2 followed by a 3×3 conv (padding 1) is
+    linear in ``x``; every output pixel ``(2i + a, 2j + b)`` depends on a 2×2 window of
+    ``x``. So the pair equals ``F.conv2d(x, K, padding=1)`` with ``K`` stacking four 2×2
+    kernels (one per parity ``(a, b)``), followed by :class:`ParityInterleave`, plus the
+    transposed conv's bias pushed through the 3×3 conv (done by the caller, once per
+    image). Per output pixel this costs ``4·C_in`` multiply-adds per output channel
+    instead of ``9·C_up`` (+ the transposed conv): 0.53× for CAT-Seg's decoder stages.
+
+    Args:
+        up_weight (Tensor): transposed-conv weight ``[C_in, C_up, 2, 2]``.
+        conv_weight (Tensor): 3×3 conv weight restricted to the upsampled channels
+            ``[C_out, C_up, 3, 3]``.
+
+    Returns:
+        Tensor: ``[4·C_out, C_in, 2, 2]``, output channel ``(2a + b)·C_out + o``.
+    """
+    sel = _parity_taps(up_weight.device, up_weight.dtype)
+    k = torch.einsum('ardt,bseu,omde,cmtu->abocrs', sel, sel, conv_weight, up_weight)
+    return k.reshape(4 * conv_weight.shape[0], up_weight.shape[0], 2, 2)
+
+
+class ParityInterleave(torch.autograd.Function):
+    """``y [N, 4·C, H+1, W+1]`` (channel blocks ordered by parity ``(a, b)``) →
+    ``out [N, 2H, 2W, C]`` (channels last) with
+    ``out[n, 2i+a, 2j+b, c] = y[n, (2a+b)·C + c, i+a, j+b]``.
+
+    A custom backward because autograd's slice-assignment backward would clone the full
+    gradient once per parity.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, height: int, width: int) -> Tensor:  # type: ignore[override]
+        n, c4 = y.shape[:2]
+        c = c4 // 4
+        src = y.permute(0, 2, 3, 1).view(n, height + 1, width + 1, 2, 2, c) if (
+            y.is_contiguous(memory_format=torch.channels_last)) else y.permute(
+                0, 2, 3, 1).reshape(n, height + 1, width + 1, 2, 2, c)
+        out = y.new_empty(n, 2 * height, 2 * width, c)
+        dst = out.view(n, height, 2, width, 2, c)
+        for a in range(2):
+            for b in range(2):
+                dst[:, :, a, :, b] = src[:, a:a + height, b:b + width, a, b]
+        ctx.shape = (n, height, width, c)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        n, height, width, c = ctx.shape
+        g = grad.reshape(n, height, 2, width, 2, c)
+        out = grad.new_zeros(n, height + 1, width + 1, 2, 2, c)
+        for a in range(2):
+            for b in range(2):
+                out[:, a:a + height, b:b + width, a, b] = g[:, :, a, :, b]
+        return out.view(n, height + 1, width + 1, 4 * c).permute(0, 3, 1, 2), None, None
+
+
+IMPLS = ('fast', 'reference')
+
+
+def check_impl(impl: str) -> None:
+    """Refuse an unknown ``impl`` (the head's and its blocks' computation path)."""
+    if impl not in IMPLS:
+        raise ValueError(f'impl={impl!r}; use one of {IMPLS} (\'fast\': the same numbers '
+                         "with less work, the default; 'reference': CAT-Seg's order of "
+                         'operations, kept to check the fast path against)')
+
+
 def group_norm_cfg(channels: int, channels_per_group: int = 16) -> dict:
     """GroupNorm config with ``channels // 16`` groups (CAT-Seg's decoder), at least 1."""
     groups = max(1, channels // channels_per_group)
@@ -552,6 +640,7 @@ class GuidedUpBlock(BaseModule):
         norm_cfg (dict, optional): normalisation of the convs (None: GroupNorm with
             ``out_channels // 16`` groups).
         act_cfg (dict): activation.
+        impl (str): ``'fast'`` (default) or ``'reference'``, see :meth:`forward`.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -561,8 +650,11 @@ class GuidedUpBlock(BaseModule):
                  guidance_channels: int,
                  norm_cfg: OptConfigType = None,
                  act_cfg: ConfigType = dict(type='ReLU'),
+                 impl: str = 'fast',
                  init_cfg: OptConfigType = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_impl(impl)
+        self.impl = impl
         if guidance_channels >= in_channels:
             raise ValueError(f'decoder guidance channels {guidance_channels} must be fewer '
                              f'than the stage input channels {in_channels}')
@@ -581,7 +673,47 @@ class GuidedUpBlock(BaseModule):
 
         Returns:
             Tensor: ``[B*T, C_out, 2H, 2W]``.
+
+        ``impl='reference'`` computes it as written above (CAT-Seg's order). ``'fast'``
+        gives the same numbers with less work: the transposed conv and the class part of
+        the first 3×3 conv are one composed 2×2-per-parity conv (:func:`compose_up_conv`,
+        0.53× the multiply-adds); the guidance part of that conv, and the transposed
+        conv's bias, are convolved once per image and added to every class (CAT-Seg
+        concatenates a copy of the guidance to every class); all maps are channels-last.
         """
+        first = self.convs[0]
+        if (self.impl == 'fast' and guidance is not None
+                and first.order == ('conv', 'norm', 'act') and type(first.conv) is nn.Conv2d
+                and first.conv.padding == (1, 1) and not first.with_explicit_padding):
+            return self._forward_fast(x, guidance)
+        return self._forward_reference(x, guidance)
+
+    def _forward_fast(self, x: Tensor, guidance: Tensor) -> Tensor:
+        bt, _, hgt, wid = x.shape
+        b = guidance.shape[0]
+        t = bt // b
+        first = self.convs[0]
+        weight = first.conv.weight  # [C_out, C_up + G, 3, 3]
+        c_up = self.up.out_channels
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, compose_up_conv(self.up.weight, weight[:, :c_up]), padding=1)
+        y_nhwc = ParityInterleave.apply(y, hgt, wid)  # [B*T, 2H, 2W, C_out]
+        # per image: the transposed conv's bias (a constant map: its 3x3 conv differs
+        # only at the border) and the guidance, through the full first conv
+        bias_map = self.up.bias.view(1, c_up, 1, 1).expand(b, c_up, 2 * hgt, 2 * wid)
+        per_image = F.conv2d(
+            torch.cat([bias_map, guidance.to(bias_map.dtype)], dim=1), weight,
+            first.conv.bias, padding=1)
+        y_nhwc.view(b, t, *y_nhwc.shape[1:]).add_(
+            per_image.permute(0, 2, 3, 1).unsqueeze(1).to(y_nhwc.dtype))
+        y = y_nhwc.permute(0, 3, 1, 2)  # [B*T, C_out, 2H, 2W], channels-last
+        if first.with_norm:
+            y = first.norm(y)
+        if first.with_activation:
+            y = first.activate(y)
+        return self.convs[1](y)
+
+    def _forward_reference(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
         x = self.up(x)
         if guidance is not None:
             b = guidance.shape[0]

@@ -12,7 +12,7 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ..losses.one_hot_bce_loss import OneHotBCELoss
-from .cost_aggregation_blocks import AggregationLayer, GuidedUpBlock
+from .cost_aggregation_blocks import AggregationLayer, GuidedUpBlock, check_impl
 
 #: Logit given to the classes that the top-``pad_len`` selection drops.
 DROPPED_CLASS_LOGIT = -100.
@@ -102,6 +102,18 @@ class HCLIPCostAggHead(BaseDecodeHead):
         act_cfg (dict): activation of projections and decoder. Default: ReLU.
         align_corners (bool): of the resizes to the label / image size. Default: False.
         with_cp (bool): gradient checkpointing of the aggregation layers. Default: False.
+        impl (str): how the head computes: ``'fast'`` or ``'reference'`` (CAT-Seg's order
+            of operations: guidance concatenated to every class, channels-first maps, a
+            transposed conv then a 3×3 conv in each decoder stage). Both give the same
+            numbers up to float rounding (tested); ``'fast'`` does less work and moves less
+            memory (docs/profile_train_step.md). Can be changed after building
+            (``head.impl = 'reference'``). Default: 'fast'.
+        conv_init (str): initialisation of the convolutions built as mmcv ``ConvModule``
+            (image-guidance projection, decoder-guidance projections, decoder convs):
+            ``'pytorch'`` keeps PyTorch's default ``reset_parameters`` as CAT-Seg does (its
+            plain ``nn.Conv2d``); ``'kaiming'`` is ``ConvModule``'s own (Kaiming normal,
+            fan-out, zero bias). All other layers use PyTorch's defaults either way.
+            Default: 'pytorch'.
         init_cfg (dict | list[dict], optional): mmengine init config. Default: None.
         **kwargs: other :class:`BaseDecodeHead` arguments (e.g. ``sampler``).
     """
@@ -133,8 +145,14 @@ class HCLIPCostAggHead(BaseDecodeHead):
                  act_cfg: ConfigType = dict(type='ReLU'),
                  align_corners: bool = False,
                  with_cp: bool = False,
+                 impl: str = 'fast',
+                 conv_init: str = 'pytorch',
                  init_cfg: OptMultiConfig = None,
                  **kwargs) -> None:
+        check_impl(impl)
+        if conv_init not in ('pytorch', 'kaiming'):
+            raise ValueError(f"conv_init={conv_init!r}; use 'pytorch' (PyTorch's default "
+                             "initialisation, as CAT-Seg) or 'kaiming' (mmcv ConvModule's)")
         self._check_config(feature_size, window_size, channels, num_heads, decoder_channels,
                            decoder_guidance_channels, decoder_guidance_proj_channels, pad_len,
                            pool_size, test_pool_size)
@@ -166,6 +184,7 @@ class HCLIPCostAggHead(BaseDecodeHead):
         self.pad_len = pad_len
         self.ignore_as_negative = ignore_as_negative
         self.with_cp = with_cp
+        self.conv_init = conv_init
 
         self.cost_embed = nn.Conv2d(prompt_channels, channels, cost_embed_kernel_size,
                                     padding=cost_embed_kernel_size // 2)
@@ -196,6 +215,39 @@ class HCLIPCostAggHead(BaseDecodeHead):
             for i, o, g in zip(stage_in, decoder_channels, decoder_guidance_proj_channels)
         ])
         self.cls_head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
+        self.impl = impl
+        self._reset_conv_modules()
+
+    @property
+    def impl(self) -> str:
+        """``'fast'`` or ``'reference'``; setting it switches every block of the head."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        check_impl(value)
+        self._impl = value
+        for module in self.modules():
+            if module is not self and hasattr(module, 'impl'):
+                module.impl = value
+
+    def _reset_conv_modules(self) -> None:
+        """With ``conv_init='pytorch'``, give every ``ConvModule`` conv PyTorch's default
+        initialisation (``ConvModule`` re-initialises its conv with Kaiming normal)."""
+        if self.conv_init != 'pytorch':
+            return
+        for module in self.modules():
+            if isinstance(module, ConvModule):
+                module.conv.reset_parameters()
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation (``init_cfg``; it also calls every ``ConvModule``'s
+        own ``init_weights``), then ``conv_init`` again, unless ``init_cfg`` (a
+        pretrained head) decides alone."""
+        first_call = not self.is_init
+        super().init_weights()
+        if first_call and not self.init_cfg:
+            self._reset_conv_modules()
 
     @staticmethod
     def _check_config(feature_size, window_size, channels, num_heads, decoder_channels,
@@ -306,7 +358,7 @@ class HCLIPCostAggHead(BaseDecodeHead):
                                       self.decoder_guidance_proj, guidance):
             y = stage(y, proj(up(g)))
         y = self.cls_head(y)
-        return y.view(b, t, *y.shape[-2:])
+        return y.reshape(b, t, *y.shape[-2:])
 
     # ---------------------------------------------------------------- forward
     def forward(self, inputs: Dict) -> Tensor:
@@ -335,7 +387,10 @@ class HCLIPCostAggHead(BaseDecodeHead):
                 1, keep.view(b, k, 1, 1).expand(-1, -1, *text.shape[-2:]))
         t = cost.shape[1]
 
-        x = self.cost_embed(cost.flatten(0, 1))  # [B*T, C, h, w]
+        cost = cost.flatten(0, 1)  # [B*T, P, h, w]
+        if self.impl == 'fast':  # channels-last output: the permute below is then free
+            cost = cost.contiguous(memory_format=torch.channels_last)
+        x = self.cost_embed(cost)  # [B*T, C, h, w]
         x = x.view(b, t, -1, h, w).permute(0, 1, 3, 4, 2)  # [B, T, h, w, C]
 
         app_g = None
