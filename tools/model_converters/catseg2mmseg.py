@@ -16,7 +16,6 @@ and the converted state dict must load strictly into the model of ``--config`` (
 the ViT-B/16 or ViT-L/14 CAT-Seg config, chosen from the CLIP width in the file).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -94,7 +93,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as err:  # ConversionError, CheckpointMismatchError
         raise SystemExit(f'error: {err}')
     print(f'converted {info["num_source_keys"]} source keys into {info["num_keys"]} keys')
-    print(f'checked against: {osp.relpath(info["config"], os.getcwd())}')
+    config = osp.abspath(info['config'])
+    print(f'checked against: {osp.relpath(config, ROOT) if config.startswith(ROOT) else config}')
     print(f'written: {args.out}')
 
 

@@ -20,8 +20,8 @@ tower (``blocks.text``, ``blocks.image``) and the maps as ``dcrc.s3`` ``[12, 10,
 ``sides='official'``, ``dcrc='linear'``, ``dcrc_per_layer=True``,
 ``cayley_convention='official'``)::
 
-    python tools/model_converters/hclip_official2mmseg.py model_final.pth work_dirs/hclip_official.pth
-    bash tools/dist_test.sh configs/hclip_vitb16_ade150.py work_dirs/hclip_official.pth 4 \\
+    python tools/model_converters/hclip_official2mmseg.py model_final.pth work_dirs/hclip.pth
+    bash tools/dist_test.sh configs/hclip_vitb16_ade150.py work_dirs/hclip.pth 4 \\
         --cfg-options model.backbone.adapter.sides=official model.backbone.adapter.dcrc=linear \\
         model.backbone.adapter.dcrc_per_layer=True model.backbone.adapter.cayley_convention=official
 
@@ -182,7 +182,8 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f'error: {err}')
     print(f'converted {info["num_source_keys"]} source keys into {info["num_keys"]} keys')
-    print(f'checked against: {info["config"]}')
+    config = osp.abspath(info['config'])
+    print(f'checked against: {osp.relpath(config, ROOT) if config.startswith(ROOT) else config}')
     print(f'written: {args.out}')
 
 
