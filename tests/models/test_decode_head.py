@@ -538,3 +538,38 @@ def test_conv_init_pytorch_default_like_catseg(run_init_weights):
 def test_conv_init_error():
     with pytest.raises(ValueError, match="conv_init='xavier'"):
         make_head(conv_init='xavier')
+
+
+def test_window_order_is_mmpretrains_roll_and_partition():
+    from mmpretrain.models.utils.attention import ShiftWindowMSA
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import window_order
+    for (h, w, ws, shift) in [(8, 8, 4, 0), (8, 8, 4, 2), (8, 12, 4, 2), (6, 6, 3, 1)]:
+        cells = torch.arange(h * w, dtype=torch.float64).view(1, h, w, 1)
+        if shift:
+            cells = torch.roll(cells, shifts=(-shift, -shift), dims=(1, 2))
+        ref = ShiftWindowMSA.window_partition(cells, ws).reshape(-1).long()
+        assert torch.equal(window_order(h, w, ws, shift), ref)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('hw,guided', [(8, True), (8, False), (4, True), (6, True)])
+def test_spatial_aggregation_fast_equals_reference(dtype, tol, hw, guided):
+    """Window-ordered blocks (one gather per block, no roll/partition/reverse, q/k/v as
+    strided head views) == mmseg-style windows; 4x4 = a single window (no shift), 6x6 is
+    not a multiple of the window (padded: the fast path falls back to the reference)."""
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import SpatialAggregation
+    torch.manual_seed(0)
+    g_dims = 8 if guided else 0
+    agg = SpatialAggregation(16, g_dims, num_heads=4, window_size=4).to(dtype)
+    b, t = 2, 3
+    x = torch.randn(b, t, hw, hw, 16, dtype=dtype, requires_grad=True)
+    guid = torch.randn(b, hw, hw, 8, dtype=dtype, requires_grad=True) if guided else None
+    leaves = (x, guid) if guided else (x, )
+    results = {}
+    for impl in ('reference', 'fast'):
+        agg.impl = impl
+        out = agg(x, guid)
+        results[impl] = [out] + _grads_of(agg, leaves, out)
+    for i, (f, r) in enumerate(zip(results['fast'], results['reference'])):
+        if r.norm() > 1e-12:  # the key bias of softmax attention has no gradient
+            _assert_rel(f, r, tol, f'tensor {i}')

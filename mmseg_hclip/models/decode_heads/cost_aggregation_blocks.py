@@ -7,6 +7,7 @@ instead of being copied once per class or once per position.
 
 The blocks are not registered: they are private parts of the head and are built by it.
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -132,6 +133,81 @@ class GuidedWindowMSA(BaseModule):
             dropout_p=self.attn_drop if self.training else 0.)
         out = out.view(b, t, nw, h, n, c // h).transpose(3, 4).reshape(b, t, nw, n, c)
         return self.proj_drop(self.proj(out))
+
+    def forward_fast(self, x: Tensor, guidance: Optional[Tensor] = None,
+                     mask: Optional[Tensor] = None) -> Tensor:
+        """:meth:`forward`'s numbers without copies for the heads.
+
+        q, k and v stay in their ``[B, T, nW, N, C]`` layout and are handed to SDPA as
+        strided ``[B·T·nW, heads, N, d]`` views (its CPU kernel returns the output, and its
+        backward the gradients, in that same layout); the guidance term is added in place.
+
+        Args:
+            x (Tensor): ``[B, T, nW, N, C]``.
+            guidance (Tensor, optional): ``[B, nW, N, G]``.
+            mask (Tensor, optional): ``[B·T·nW, 1, N, N]`` additive mask, one per window
+                of every map (see :func:`batched_window_mask`).
+
+        Returns:
+            Tensor: ``[B, T, nW, N, C]``.
+        """
+        b, t, nw, n, c = x.shape
+        h = self.num_heads
+
+        def project(linear: nn.Linear) -> Tensor:
+            out = F.linear(x, linear.weight[:, :c], linear.bias)
+            if self.guidance_dims and guidance is not None:
+                out.add_(F.linear(guidance, linear.weight[:, c:]).unsqueeze(1))
+            return out
+
+        def heads(z: Tensor) -> Tensor:
+            return z.view(b * t * nw, n, h, c // h).transpose(1, 2)
+
+        q = project(self.q)
+        out = F.scaled_dot_product_attention(
+            heads(q), heads(project(self.k)), heads(self.v(x)),
+            attn_mask=None if mask is None else mask.to(q.dtype),
+            dropout_p=self.attn_drop if self.training else 0.)
+        out = out.transpose(1, 2).reshape(b, t, nw, n, c)
+        return self.proj_drop(self.proj(out))
+
+
+def window_order(height: int, width: int, window: int, shift: int,
+                 device: Optional[torch.device] = None) -> Tensor:
+    """Positions of a ``height × width`` map in (shifted-)window order.
+
+    ``order[k]`` is the row-major index of the cell that comes ``k``-th when the map is
+    rolled by ``-shift`` along both axes (as ``torch.roll``) and cut into ``window ×
+    window`` windows (window-major, row-major inside a window), i.e. what mmpretrain's
+    roll + ``window_partition`` do to the cells.
+    """
+    idx = torch.arange(height * width, device=device).view(height, width)
+    if shift:
+        idx = torch.roll(idx, shifts=(-shift, -shift), dims=(0, 1))
+    idx = idx.view(height // window, window, width // window, window).transpose(1, 2)
+    return idx.reshape(-1)
+
+
+def batched_window_mask(mask: Tensor, maps: int) -> Tensor:
+    """``[nW, N, N]`` → ``[maps·nW, 1, N, N]`` (window-minor), for SDPA's batch axis."""
+    return mask.repeat(maps, 1, 1).unsqueeze(1)
+
+
+class PermutePositions(torch.autograd.Function):
+    """``x.index_select(2, index)`` whose backward is the inverse gather (``index`` is a
+    permutation), not autograd's scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        inverse = torch.empty_like(index)
+        inverse[index] = torch.arange(index.numel(), device=index.device)
+        ctx.save_for_backward(inverse)
+        return x.index_select(2, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        inverse, = ctx.saved_tensors
+        return grad.index_select(2, inverse), None
 
 
 class GuidedShiftWindowMSA(ShiftWindowMSA):
@@ -274,6 +350,26 @@ class GuidedSwinBlock(BaseModule):
         x = x + self.attn(self.norm1(x), guidance)
         return self.ffn(self.norm2(x), identity=x)
 
+    def forward_windows(self, x: Tensor, guidance: Optional[Tensor] = None,
+                        mask: Optional[Tensor] = None) -> Tensor:
+        """The same block on a map already in this block's window order.
+
+        The norms, the MLP and the residuals act on each cell alone, so they run in any
+        cell order; only the attention needs its windows, which this layout holds
+        contiguously (no roll, partition or reverse copies).
+
+        Args:
+            x (Tensor): ``[B, T, nW, N, C]`` (cells in the order of :func:`window_order`
+                for this block's shift).
+            guidance (Tensor, optional): ``[B, nW, N, G]``, same order.
+            mask (Tensor, optional): ``[B·T·nW, 1, N, N]`` shifted-window mask.
+
+        Returns:
+            Tensor: ``[B, T, nW, N, C]``.
+        """
+        x = x + self.attn.drop(self.attn.w_msa.forward_fast(self.norm1(x), guidance, mask))
+        return self.ffn(self.norm2(x), identity=x)
+
 
 class SpatialAggregation(BaseModule):
     """Spatial aggregation: two guided Swin blocks (regular, then shifted windows).
@@ -287,6 +383,7 @@ class SpatialAggregation(BaseModule):
         num_heads (int): attention heads.
         window_size (int): window side length.
         mlp_ratio (float): MLP hidden width / C.
+        impl (str): ``'fast'`` (default) or ``'reference'``, see :meth:`forward`.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -296,8 +393,12 @@ class SpatialAggregation(BaseModule):
                  num_heads: int,
                  window_size: int,
                  mlp_ratio: float = 4.,
+                 impl: str = 'fast',
                  init_cfg: OptConfigType = None) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_impl(impl)
+        self.impl = impl
+        self.window_size = window_size
         self.guidance_norm = (nn.LayerNorm(guidance_dims) if guidance_dims > 0 else None)
         self.blocks = nn.ModuleList([
             GuidedSwinBlock(embed_dims, guidance_dims, num_heads, window_size, shift=shift,
@@ -305,12 +406,52 @@ class SpatialAggregation(BaseModule):
         ])
 
     def forward(self, x: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
-        """``x``: ``[B, T, H, W, C]``, ``guidance``: ``[B, H, W, G]``; returns ``x``'s shape."""
+        """``x``: ``[B, T, H, W, C]``, ``guidance``: ``[B, H, W, G]``; returns ``x``'s shape.
+
+        ``impl='reference'`` runs each block as mmseg's Swin does (roll, window partition,
+        attention, window reverse, roll back; q, k, v copied into a heads-first layout).
+        ``'fast'`` (maps whose sides are multiples of the window) gathers the cells once
+        into the first block's window order, runs both blocks on window-ordered maps
+        (:meth:`GuidedSwinBlock.forward_windows`), moving between the two orders with one
+        gather and back to the natural order with another: 3 copies of the map instead of
+        about 13 per layer, the same numbers.
+        """
         if guidance is not None and self.guidance_norm is not None:
             guidance = self.guidance_norm(guidance)
+        hgt, wid = x.shape[2:4]
+        if self.impl == 'fast' and hgt % self.window_size == 0 and wid % self.window_size == 0:
+            return self._forward_fast(x, guidance)
         for block in self.blocks:
             x = block(x, guidance)
         return x
+
+    def _forward_fast(self, x: Tensor, guidance: Optional[Tensor]) -> Tensor:
+        b, t, hgt, wid, c = x.shape
+        ws = self.window_size
+        nw, n = (hgt // ws) * (wid // ws), ws * ws
+        x = x.reshape(b, t, hgt * wid, c)
+        g = guidance.reshape(b, hgt * wid, -1) if guidance is not None else None
+        current = None  # cell order of x (None: row-major)
+        for block in self.blocks:
+            attn = block.attn
+            shift = attn.shift_size if min(hgt, wid) > ws else 0  # as the reference
+            order = window_order(hgt, wid, ws, shift, device=x.device)
+            if current is None:
+                step = order
+            else:  # from the current order straight to the new one
+                position = torch.empty_like(current)
+                position[current] = torch.arange(current.numel(), device=x.device)
+                step = position[order]
+            x = PermutePositions.apply(x, step)
+            current = order
+            g_win = g.index_select(1, order).view(b, nw, n, -1) if g is not None else None
+            mask = attn.get_attn_mask((hgt, wid), ws, shift, device=x.device)
+            if mask is not None:
+                mask = batched_window_mask(mask, b * t)
+            x = block.forward_windows(x.view(b, t, nw, n, c), g_win, mask).view(b, t, -1, c)
+        position = torch.empty_like(current)
+        position[current] = torch.arange(current.numel(), device=x.device)
+        return PermutePositions.apply(x, position).view(b, t, hgt, wid, c)
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
@@ -504,6 +645,7 @@ class AggregationLayer(BaseModule):
         pool_size (int): class-aggregation pooling in training.
         test_pool_size (int): class-aggregation pooling in eval.
         pad_len (int): class padding length (0: none).
+        impl (str): ``'fast'`` (default) or ``'reference'`` computation.
         init_cfg (dict, optional): mmengine init config.
     """
 
@@ -517,10 +659,11 @@ class AggregationLayer(BaseModule):
                  pool_size: int = 2,
                  test_pool_size: int = 1,
                  pad_len: int = 256,
+                 impl: str = 'fast',
                  init_cfg: OptConfigType = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.spatial = SpatialAggregation(embed_dims, appearance_guidance_dims, num_heads,
-                                          window_size, mlp_ratio)
+                                          window_size, mlp_ratio, impl=impl)
         self.cls = ClassAggregation(embed_dims, text_guidance_dims, num_heads, mlp_ratio,
                                     pool_size, test_pool_size, pad_len)
 
@@ -568,7 +711,12 @@ def compose_up_conv(up_weight: Tensor, conv_weight: Tensor) -> Tensor:
         Tensor: ``[4·C_out, C_in, 2, 2]``, output channel ``(2a + b)·C_out + o``.
     """
     sel = _parity_taps(up_weight.device, up_weight.dtype)
-    k = torch.einsum('ardt,bseu,omde,cmtu->abocrs', sel, sel, conv_weight, up_weight)
+    device = up_weight.device.type
+    # in the weights' own precision even under autocast (the conv that uses the kernel
+    # is cast as usual): a bf16 product of bf16-rounded weights would add an error
+    with (torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device)
+          else contextlib.nullcontext()):
+        k = torch.einsum('ardt,bseu,omde,cmtu->abocrs', sel, sel, conv_weight, up_weight)
     return k.reshape(4 * conv_weight.shape[0], up_weight.shape[0], 2, 2)
 
 
