@@ -139,9 +139,13 @@ def test_text_side_equals_the_text_neck(exported):
         with torch.no_grad():
             ref = model.neck(model.backbone, vocab).numpy()  # [N, 1, C], normalised
         prompts = [f'A photo of a {n.split(",")[0]} in the scene' for n in vocab]
-        out = sess.run(None, {'tokens': tok(prompts)})[0]
-        assert out.shape == (len(vocab), 32)
-        assert np.abs(out - ref[:, 0]).max() <= TOL
+        tokens = tok(prompts)
+        cut = exported['tool'].cut_tokens(tokens)  # what onnx_demo feeds: up to the last end
+        assert cut.shape[1] < 20 and np.array_equal(cut, tokens[:, :cut.shape[1]])
+        for feed in (tokens, cut):
+            out = sess.run(None, {'tokens': feed})[0]
+            assert out.shape == (len(vocab), 32)
+            assert np.abs(out - ref[:, 0]).max() <= TOL
 
 
 def test_tokenizer_equals_open_clip():
@@ -226,5 +230,6 @@ def test_export_refuses_bad_inputs(tmp_path):
 def test_check_export_reports_small_differences(exported):
     diffs = exported['tool'].check_export(exported['model'], exported['out'],
                                           class_counts=(3, 16, 20))
-    assert set(diffs) == {'image_b1', 'image_b2', 'head_3', 'head_16', 'head_20', 'text'}
+    assert set(diffs) == {'image_b1', 'image_b2', 'head_3', 'head_16', 'head_20', 'text',
+                          'text_full'}
     assert max(diffs.values()) <= TOL

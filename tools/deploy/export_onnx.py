@@ -82,18 +82,33 @@ class HeadWrapper(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """The (merged) CLIP text tower: tokens -> L2-normalised embeddings.
+    """The (merged) CLIP text tower: tokens [M, L] -> L2-normalised embeddings [M, C].
 
-    open_clip's own ``encode_text`` on the full context (the backbone's version cuts the
-    sequence at the last end token, a data-dependent length; with the causal mask and
-    end-token pooling both give the same result)."""
+    ``L`` is dynamic: the runtime cuts the zero-padded tokens after the last end token
+    (as :meth:`HCLIPBackbone.encode_text` does in PyTorch - with the causal mask and
+    end-token pooling the later positions cannot change the result - several times less
+    work for short prompts). The cut itself is data-dependent, so it happens outside the
+    graph; inside, the positional embedding and the causal mask are sliced to ``L``.
+    """
 
     def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip
 
     def forward(self, tokens: torch.Tensor):
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        from open_clip.transformer import text_global_pool
+        clip = self.clip
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
+        mask = None if clip.attn_mask is None else clip.attn_mask[:length, :length]
+        x = clip.transformer(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = text_global_pool(x, tokens, clip.text_pool_type,
+                             eos_token_id=getattr(clip, 'text_eos_id', None))
+        proj = clip.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return F.normalize(x, dim=-1)
 
 
 def _window_reverse(windows: torch.Tensor, H: int, W: int, window_size: int) -> torch.Tensor:
@@ -281,9 +296,10 @@ def export_all(model, out_dir: str, opset: Optional[int] = None,
 
     t0 = time.perf_counter()
     tokens = backbone.tokenize(['a photo of a cat.', 'a photo of a dog in the scene.',
-                                'sky'])
-    _export(TextEncoder(backbone.clip).eval(), (tokens.cpu(), ), paths['text'], ['tokens'],
-            ['text'], ({0: Dim('prompts', min=1, max=100000)}, ), opset)
+                                'sky']).cpu()[:, :12]
+    length = Dim('length', min=2, max=int(backbone.clip.context_length))
+    _export(TextEncoder(backbone.clip).eval(), (tokens, ), paths['text'], ['tokens'],
+            ['text'], ({0: Dim('prompts', min=1, max=100000), 1: length}, ), opset)
     log(f'  text side   -> {paths["text"]}  ({time.perf_counter() - t0:.1f} s)')
 
     from open_clip.tokenizer import default_bpe
@@ -292,6 +308,13 @@ def export_all(model, out_dir: str, opset: Optional[int] = None,
 
 
 # ------------------------------------------------------------------------- check
+def cut_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Zero-padded token ids [M, 77] -> [M, L], cut after the last end token of the batch
+    (the end token has the largest id; what the runtime feeds the text graph)."""
+    length = int(tokens.argmax(axis=1).max()) + 1 if tokens.size else tokens.shape[1]
+    return np.ascontiguousarray(tokens[:, :max(length, 2)])
+
+
 def check_export(model, out_dir: str, class_counts: Sequence[int] = (), seed: int = 1,
                  threads: int = 0) -> Dict[str, float]:
     """Largest |onnxruntime - PyTorch| of every graph on random inputs.
@@ -346,8 +369,9 @@ def check_export(model, out_dir: str, class_counts: Sequence[int] = (), seed: in
     tokens = backbone.tokenize(prompts).cpu()
     with torch.no_grad():
         ref = F.normalize(backbone.encode_text(tokens), dim=-1).numpy()
-    out = session('text').run(None, {'tokens': tokens.numpy()})[0]
-    diffs['text'] = float(np.abs(out - ref).max())
+    text_sess = session('text')
+    for name, cut in (('text', cut_tokens(tokens.numpy())), ('text_full', tokens.numpy())):
+        diffs[name] = float(np.abs(text_sess.run(None, {'tokens': cut})[0] - ref).max())
     return diffs
 
 

@@ -8,7 +8,8 @@ Tokenisation is tools/deploy/clip_tokenizer.py (CLIP's BPE, tested equal to open
 
 Same computation as the PyTorch model:
 
-* text: class name x prompt templates -> tokens -> ``text_encoder.onnx`` -> per class and
+* text: class name x prompt templates -> tokens (cut after the last end token) ->
+  ``text_encoder.onnx`` -> per class and
   template (synonyms: the first, or the mean with ``synonyms='average'``); cached per
   vocabulary within the process;
 * ``--mode whole``: the image resized (OpenCV bilinear, as MMSeg's Resize) to the model's
@@ -68,6 +69,14 @@ def resize_bilinear(x: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         return x.astype(np.float32, copy=True)
     ry, rx = matrix(h_out, h_in), matrix(w_out, w_in)
     return np.matmul(np.matmul(ry, x.astype(np.float32)), rx.T)
+
+
+def cut_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Token ids [M, 77] -> [M, L], cut after the last end token (the largest id) of the
+    batch: the text graph's sequence axis is dynamic, and with CLIP's causal mask and
+    end-token pooling the padding after it cannot change the result."""
+    length = int(tokens.argmax(axis=1).max()) + 1 if tokens.size else tokens.shape[1]
+    return np.ascontiguousarray(tokens[:, :max(length, 2)])
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -184,7 +193,7 @@ class OnnxSegmenter:
                 owner.append(i)
         tokens = self.tokenizer(prompts)
         emb = np.concatenate([
-            self.text_sess.run(None, {'tokens': tokens[i:i + 1024]})[0]
+            self.text_sess.run(None, {'tokens': cut_tokens(tokens[i:i + 1024])})[0]
             for i in range(0, len(tokens), 1024)
         ])
         p = len(templates)
