@@ -38,9 +38,13 @@ def parse_args(argv=None):
     parser.add_argument('--weight-decay', type=float, default=0.1)
     parser.add_argument('--warmup', type=int, default=100)
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--threads', type=int, default=2,
+    parser.add_argument('--threads', type=int, default=1,
                         help='intra-op threads (part of what makes the file reproducible)')
     parser.add_argument('--log-every', type=int, default=100)
+    parser.add_argument('--eval-pairs', type=int, default=256,
+                        help='held-out scene-caption pairs for the retrieval accuracy')
+    parser.add_argument('--eval-per-name', type=int, default=20,
+                        help='held-out single-shape images per name for the classification')
     parser.add_argument('--eval-only', metavar='FILE',
                         help='only evaluate this checkpoint (no training)')
     return parser.parse_args(argv)
@@ -54,7 +58,7 @@ def sha256(path):
     return h.hexdigest()
 
 
-def load_and_evaluate(path, threads=None):
+def load_and_evaluate(path, threads=None, num_pairs=256, per_name=20):
     """Load ``path`` with open_clip's own loader into a fresh tiny CLIP and evaluate it."""
     import open_clip
     import torch
@@ -66,7 +70,7 @@ def load_and_evaluate(path, threads=None):
     try:
         model = build_tiny_clip()
         open_clip.load_checkpoint(model, path, strict=True)
-        return evaluate_tiny_clip(model)
+        return evaluate_tiny_clip(model, num_pairs=num_pairs, per_name=per_name)
     finally:
         torch.set_num_threads(old)
 
@@ -86,7 +90,8 @@ def main(argv=None):
     if args.eval_only:
         if not osp.isfile(args.eval_only):
             raise SystemExit(f'--eval-only {args.eval_only}: no such file')
-        print(format_eval(load_and_evaluate(args.eval_only, args.threads)))
+        print(format_eval(load_and_evaluate(args.eval_only, args.threads, args.eval_pairs,
+                                            args.eval_per_name)))
         return
     import torch
 
@@ -101,7 +106,8 @@ def main(argv=None):
     out = osp.abspath(args.out)
     os.makedirs(osp.dirname(out), exist_ok=True)
     torch.save(fp16_state_dict(model), out)
-    ev = load_and_evaluate(out, args.threads)  # the weights as written (fp16)
+    ev = load_and_evaluate(out, args.threads, args.eval_pairs,  # the weights as written (fp16)
+                           args.eval_per_name)
     record = dict(args={k: v for k, v in vars(args).items() if k not in ('out', 'eval_only')},
                   zero_shot=ev, sha256=sha256(out), bytes=osp.getsize(out),
                   train_seconds=round(seconds, 1), torch=torch.__version__,
