@@ -42,8 +42,8 @@ class MemoryEstimate:
         total (int): Estimated peak in bytes.
         parts (dict[str, int]): ``input`` (the image tensors) and ``features`` (the image
             tower's outputs, kept through the head).
-        stages (dict[str, int]): Transient peak of each stage: ``image_tower``,
-            ``aggregation``, ``decoder``, ``scores``.
+        stages (dict[str, int]): Transient peak of each stage: ``preprocess``,
+            ``image_tower``, ``aggregation``, ``decoder``, ``scores``.
         mode (str): The inference mode estimated.
     """
     total: int
@@ -146,10 +146,11 @@ def _forward_floats(arch: dict, views: int, height: int, width: int, classes: in
     image_tower = views * (14 * tokens * dim + attention)
     # head: cost volume + embedding kept; window attention: x, norm, q, k, v, output and the
     # scores over ws² keys per head (with the shift mask SDPA is not fused on the CPU);
-    # MLP: hidden and activation; class attention over max(T, pad_len) tokens per patch
+    # MLP: hidden and activation; linear class attention over the T class tokens of each
+    # patch (the pad_len padding tokens enter as one shared term, not as copies)
     window_attention = padded * (6 * c + 2 * arch['head_heads'] * ws * ws)
     mlp = cells * (2 * c + 2 * arch['ffn_ratio'] * c)
-    class_attention = views * gh * gw * max(t, arch['pad_len']) * 6 * c
+    class_attention = cells * 6 * c
     aggregation = cells * (arch['prompts'] + c) + max(window_attention, mlp, class_attention)
     # decoder stage: input, upsampled, concatenation; then concatenation, conv, norm
     decoder, scale = 0.0, 1
@@ -206,7 +207,7 @@ def estimate_inference_memory(model,
     height, width = (int(v) for v in size)
     n = int(num_classes)
     pixels = height * width
-    inputs = 3 * pixels * 3  # uint8 -> float, normalised, padded/stacked
+    inputs = 3 * pixels  # the normalised image, alive through inference
     if mode in ('reference', 'slide'):
         view = _pair(test_cfg.get('crop_size', (384, 384)))
         stride = _pair(test_cfg.get('stride', (256, 256)))
@@ -217,9 +218,9 @@ def estimate_inference_memory(model,
         else:
             grid = (height, width)
             views = _count_windows(grid, view, stride)
-            if not test_cfg.get('batch_views', True):
-                views = 1
-        forward = _forward_floats(arch, views, *_clip_size(model, view), n, fused)
+        # batch_views=False: one view through the model at a time
+        batch = views if test_cfg.get('batch_views', True) else 1
+        forward = _forward_floats(arch, batch, *_clip_size(model, view), n, fused)
         # per-view scores at the view size (resize + sigmoid), the assembled map and its
         # average at the grid size, and the score maps at the image size (resize, output)
         forward['logits'] += 2 * views * n * view[0] * view[1] + 3 * n * grid[0] * grid[1]
@@ -229,6 +230,8 @@ def estimate_inference_memory(model,
         full = 2 * n * pixels  # scores resized to the image, and the output copy
     parts = dict(input=inputs, features=forward.pop('features'))
     forward['scores'] = forward.pop('logits') + full
+    # preprocessing: the float image, its RGB copy and the normalised and padded results
+    forward['preprocess'] = 3 * 3 * pixels
     total = int((sum(parts.values()) + max(forward.values())) * bytes_per_float)
     return MemoryEstimate(total=total, mode=mode,
                           parts={k: int(v * bytes_per_float) for k, v in parts.items()},
@@ -278,12 +281,14 @@ def warn_if_over_memory_budget(model, inputs: torch.Tensor, mode: str) -> None:
 
 def plan_inference(model, size: Tuple[int, int], num_classes: int, budget_gb: float,
                    device=None, after_gb: float = 0.0,
-                   kept_scores: bool = False) -> Tuple[str, float, MemoryEstimate]:
-    """Pick the inference mode and input scale that keep the estimate within a budget.
+                   kept_scores: bool = False) -> Tuple[dict, float, MemoryEstimate]:
+    """Pick the ``test_cfg`` settings and input scale that keep the estimate within a budget.
 
-    The config's mode is kept when it fits; otherwise ``reference`` (fixed-size views);
-    when even that does not fit (its per-class score maps at the image size), the largest
-    scale of the image that fits (the caller resizes the image and the predicted labels).
+    In this order, the first that fits: the config's ``test_cfg``; ``mode='reference'``
+    (fixed-size views); reference with ``batch_views=False`` (one view at a time: the head's
+    per-class maps of one view instead of all five); the latter on the largest copy of the
+    image that fits (the per-class score maps at the image size shrink with it; the caller
+    resizes the image and the predicted labels).
 
     Args:
         model (HCLIPSegmentor): The segmentor.
@@ -297,40 +302,42 @@ def plan_inference(model, size: Tuple[int, int], num_classes: int, budget_gb: fl
             A resized image's scores are dropped.
 
     Returns:
-        tuple: ``(mode, scale, estimate)``; ``scale`` is 1.0 or less.
+        tuple: ``(test_cfg_changes, scale, estimate)``; ``test_cfg_changes`` is a dict
+        (empty when the config's settings fit), ``scale`` is 1.0 or less.
 
     Raises:
-        ValueError: Not even a 16x16 copy of the image fits.
+        ValueError: Not even a 16-pixel copy of the image fits.
     """
     height, width = size
     after = after_gb + (4 * num_classes * height * width / GIB if kept_scores else 0.0)
-    configured = model.test_cfg.get('mode', 'whole')
-    for mode in dict.fromkeys((configured, 'reference')):
+    candidates = [{}, dict(mode='reference'), dict(mode='reference', batch_views=False)]
+
+    def estimate(changes, scale=1.0):
+        scaled = (max(1, int(height * scale)), max(1, int(width * scale)))
+        return estimate_inference_memory(model, scaled, num_classes,
+                                         test_cfg=dict(model.test_cfg, **changes),
+                                         device=device)
+
+    for changes in candidates:
         try:
-            estimate = estimate_inference_memory(model, size, num_classes, mode=mode,
-                                                 device=device)
+            est = estimate(changes)
         except (KeyError, ValueError):
             continue
-        if max(estimate.gib, after) <= budget_gb:
-            return mode, 1.0, estimate
-
-    def fits(scale):
-        scaled = (max(1, int(height * scale)), max(1, int(width * scale)))
-        est = estimate_inference_memory(model, scaled, num_classes, mode='reference',
-                                        device=device)
-        return est.gib <= budget_gb, est
-
+        if max(est.gib, after) <= budget_gb:
+            return changes, 1.0, est
+    changes = candidates[-1]
     smallest = 16 / min(height, width)
-    ok, estimate = fits(smallest)
-    if not ok:
-        raise ValueError(f'{num_classes} classes need about {estimate} even on a '
+    est = estimate(changes, smallest)
+    if est.gib > budget_gb:
+        raise ValueError(f'{num_classes} classes need about {est} even on a '
                          f'{int(height * smallest)}x{int(width * smallest)} copy of the '
-                         f'image, more than the {budget_gb:.2f} GiB available; raise the budget')
+                         f'image with one view at a time, more than the {budget_gb:.2f} GiB '
+                         'available; raise the budget or use fewer classes')
     lo, hi = smallest, 1.0 - 1.0 / min(height, width)  # at least one pixel smaller
     for _ in range(20):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid)[0] else (lo, mid)
-    return 'reference', lo, fits(lo)[1]
+        lo, hi = (mid, hi) if estimate(changes, mid).gib <= budget_gb else (lo, mid)
+    return changes, lo, estimate(changes, lo)
 
 
 def _pair(value) -> Tuple[int, int]:
@@ -395,15 +402,16 @@ def fit_inference_to_memory(model, image, num_classes: int, budget_gb: float):
             f'({resident:.1f} GiB) plus drawing a {width}x{height} image '
             f'({drawing:.1f} GiB); raise it')
     configured = model.test_cfg.get('mode', 'whole')
-    mode, scale, estimate = plan_inference(model, (height, width), num_classes, available,
-                                           after_gb=drawing, kept_scores=True)
-    if mode == configured and scale == 1.0:
+    changes, scale, estimate = plan_inference(model, (height, width), num_classes, available,
+                                              after_gb=drawing, kept_scores=True)
+    if not changes and scale == 1.0:
         return image, ''
-    before = estimate_inference_memory(model, (height, width), num_classes, mode=configured)
-    model.test_cfg['mode'] = mode
+    before = estimate_inference_memory(model, (height, width), num_classes)
+    model.test_cfg.update(changes)
+    settings = ', '.join(f'test_cfg.{k}={v!r}' for k, v in changes.items())
     note = (f"test_cfg.mode='{configured}' would need about {before} for this "
-            f'{width}x{height} image and {num_classes} classes (estimate); using mode '
-            f"'{mode}'")
+            f'{width}x{height} image and {num_classes} classes (estimate); using '
+            f"{settings or 'the configured test_cfg'}")
     if scale < 1.0:
         size = (max(1, int(width * scale)), max(1, int(height * scale)))
         image = mmcv.imresize(image, size, interpolation='area')

@@ -71,10 +71,11 @@ def test_estimate_grows_as_the_architecture_says():
     cuda = estimate_inference_memory(model, (960, 1280), 4, mode='whole', device='cuda')
     tokens = 60 * 80 + 1
     assert cpu.stages['image_tower'] - cuda.stages['image_tower'] == 2 * tokens**2 * 4
-    small = estimate_inference_memory(model, (480, 640), 4, mode='reference')
-    large = estimate_inference_memory(model, (960, 1280), 4, mode='reference')
-    # only input copies (3 x 3 floats / px) and 2 score maps per class (2 x 4 floats / px)
-    assert large.total - small.total == (960 * 1280 - 480 * 640) * (9 + 2 * 4) * 4
+    small = estimate_inference_memory(model, (480, 640), 8, mode='reference')
+    large = estimate_inference_memory(model, (960, 1280), 8, mode='reference')
+    # only the input (3 floats / px) and 2 score maps per class (2 x 8 floats / px)
+    assert large.largest_stage == small.largest_stage == 'scores'
+    assert large.total - small.total == (960 * 1280 - 480 * 640) * (3 + 2 * 8) * 4
 
 
 def test_whole_mode_over_budget_warns_and_names_reference():
