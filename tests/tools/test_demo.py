@@ -47,7 +47,7 @@ def _demo(files, out, *extra, checkpoint=None):
 def test_demo_command_line_writes_a_png_of_the_image_size(files, tmp_path):
     out = tmp_path / 'sub' / 'out.png'
     proc = run_tool(['tools/demo.py', files['image'], '--vocabulary', VOCAB, '--config', TINY,
-                     '--checkpoint', files['ckpt'], '--out', str(out)], timeout=300)
+                     '--checkpoint', files['ckpt'], '--out', str(out)], timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     drawn = cv2.imread(str(out))
     assert drawn is not None and drawn.shape == (120, 150, 3)
