@@ -465,7 +465,7 @@ def test_compose_up_conv_is_the_composition():
     w_conv = torch.randn(7, 6, 3, 3, dtype=torch.float64)
     ref = F.conv2d(F.conv_transpose2d(x, w_up, stride=2), w_conv, padding=1)
     y = F.conv2d(x, compose_up_conv(w_up, w_conv), padding=1)
-    out = ParityInterleave.apply(y, 3, 4).permute(0, 3, 1, 2)
+    out = ParityInterleave.apply(y, 3, 4, None).permute(0, 3, 1, 2)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 

@@ -140,7 +140,7 @@ class GuidedWindowMSA(BaseModule):
 
         q, k and v stay in their ``[B, T, nW, N, C]`` layout and are handed to SDPA as
         strided ``[B·T·nW, heads, N, d]`` views (its CPU kernel returns the output, and its
-        backward the gradients, in that same layout); the guidance term is added in place.
+        backward the gradients, in that same layout).
 
         Args:
             x (Tensor): ``[B, T, nW, N, C]``.
@@ -157,7 +157,9 @@ class GuidedWindowMSA(BaseModule):
         def project(linear: nn.Linear) -> Tensor:
             out = F.linear(x, linear.weight[:, :c], linear.bias)
             if self.guidance_dims and guidance is not None:
-                out.add_(F.linear(guidance, linear.weight[:, c:]).unsqueeze(1))
+                # out of place: an in-place add on the linear's output (a view) costs
+                # autograd a clone of the whole gradient in backward
+                out = out + F.linear(guidance, linear.weight[:, c:]).unsqueeze(1)
             return out
 
         def heads(z: Tensor) -> Tensor:
@@ -723,36 +725,48 @@ def compose_up_conv(up_weight: Tensor, conv_weight: Tensor) -> Tensor:
 class ParityInterleave(torch.autograd.Function):
     """``y [N, 4·C, H+1, W+1]`` (channel blocks ordered by parity ``(a, b)``) →
     ``out [N, 2H, 2W, C]`` (channels last) with
-    ``out[n, 2i+a, 2j+b, c] = y[n, (2a+b)·C + c, i+a, j+b]``.
+    ``out[n, 2i+a, 2j+b, c] = y[n, (2a+b)·C + c, i+a, j+b] (+ extra[n // T, 2i+a, 2j+b, c])``.
 
-    A custom backward because autograd's slice-assignment backward would clone the full
-    gradient once per parity.
+    ``extra`` (optional, ``[N / T, 2H, 2W, C]``) is a per-image term shared by the ``T``
+    consecutive maps of an image, added while interleaving (no separate pass). A custom
+    backward because autograd's slice assignment would clone the full gradient per parity.
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, height: int, width: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, y: Tensor, height: int, width: int,  # type: ignore[override]
+                extra: Optional[Tensor] = None) -> Tensor:
         n, c4 = y.shape[:2]
         c = c4 // 4
-        src = y.permute(0, 2, 3, 1).view(n, height + 1, width + 1, 2, 2, c) if (
-            y.is_contiguous(memory_format=torch.channels_last)) else y.permute(
-                0, 2, 3, 1).reshape(n, height + 1, width + 1, 2, 2, c)
+        src = y.permute(0, 2, 3, 1).reshape(n, height + 1, width + 1, 2, 2, c)
         out = y.new_empty(n, 2 * height, 2 * width, c)
-        dst = out.view(n, height, 2, width, 2, c)
+        imgs = n if extra is None else extra.shape[0]
+        dst = out.view(imgs, n // imgs, height, 2, width, 2, c)
+        src = src.view(imgs, n // imgs, height + 1, width + 1, 2, 2, c)
+        if extra is not None:
+            extra = extra.to(y.dtype).reshape(imgs, 1, height, 2, width, 2, c)
         for a in range(2):
             for b in range(2):
-                dst[:, :, a, :, b] = src[:, a:a + height, b:b + width, a, b]
-        ctx.shape = (n, height, width, c)
+                part = src[:, :, a:a + height, b:b + width, a, b]
+                if extra is None:
+                    dst[:, :, :, a, :, b] = part
+                else:
+                    torch.add(part, extra[:, :, :, a, :, b], out=dst[:, :, :, a, :, b])
+        ctx.shape = (n, height, width, c, imgs, extra is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        n, height, width, c = ctx.shape
+        n, height, width, c, imgs, with_extra = ctx.shape
         g = grad.reshape(n, height, 2, width, 2, c)
         out = grad.new_zeros(n, height + 1, width + 1, 2, 2, c)
         for a in range(2):
             for b in range(2):
                 out[:, a:a + height, b:b + width, a, b] = g[:, :, a, :, b]
-        return out.view(n, height + 1, width + 1, 4 * c).permute(0, 3, 1, 2), None, None
+        grad_y = out.view(n, height + 1, width + 1, 4 * c).permute(0, 3, 1, 2)
+        grad_extra = None
+        if with_extra and ctx.needs_input_grad[3]:
+            grad_extra = grad.reshape(imgs, n // imgs, 2 * height, 2 * width, c).sum(1)
+        return grad_y, None, None, grad_extra
 
 
 IMPLS = ('fast', 'reference')
@@ -845,16 +859,14 @@ class GuidedUpBlock(BaseModule):
         c_up = self.up.out_channels
         x = x.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, compose_up_conv(self.up.weight, weight[:, :c_up]), padding=1)
-        y_nhwc = ParityInterleave.apply(y, hgt, wid)  # [B*T, 2H, 2W, C_out]
         # per image: the transposed conv's bias (a constant map: its 3x3 conv differs
         # only at the border) and the guidance, through the full first conv
         bias_map = self.up.bias.view(1, c_up, 1, 1).expand(b, c_up, 2 * hgt, 2 * wid)
         per_image = F.conv2d(
             torch.cat([bias_map, guidance.to(bias_map.dtype)], dim=1), weight,
             first.conv.bias, padding=1)
-        y_nhwc.view(b, t, *y_nhwc.shape[1:]).add_(
-            per_image.permute(0, 2, 3, 1).unsqueeze(1).to(y_nhwc.dtype))
-        y = y_nhwc.permute(0, 3, 1, 2)  # [B*T, C_out, 2H, 2W], channels-last
+        y = ParityInterleave.apply(y, hgt, wid, per_image.permute(0, 2, 3, 1))
+        y = y.permute(0, 3, 1, 2)  # [B*T, C_out, 2H, 2W], channels-last
         if first.with_norm:
             y = first.norm(y)
         if first.with_activation:
