@@ -1,19 +1,33 @@
-"""Forward/backward time of one H-CLIP ViT-B/16 training step on CPU and its split.
+"""Time, memory and operator profile of one H-CLIP ViT-B/16 training step on CPU.
 
 Random weights (pretrained=None), batch 1; by default the reference setting: 384x384 input,
 171 classes (COCO-Stuff), the reference head (class aggregation padded to 256 classes).
-Split: text tower (neck: one prompt per class through the tuned text tower, incl. adapter
-weights), image tower (dense forward), head (cost aggregation + BCE loss); each measured alone as
-forward+backward, and the whole step (segmentor.loss + backward) measured together.
 
-    python tools/analysis/profile_train_step.py [--repeats 3] [--threads N] \
-        [--img-size 384] [--classes 171] [--pad-len 256] [--out docs/profile_train_step.md]
+Parts, each forward + backward unless named otherwise:
+
+* ``step[impl]``: the whole training step (``segmentor.loss`` + backward) with the head's
+  ``impl`` (``fast``, the default, and ``reference``, CAT-Seg's order of operations);
+* ``text_tower``: one prompt per class through the tuned text tower (incl. adapter weights);
+* ``image_tower``: the dense image forward (incl. adapter weights);
+* ``head[impl]``: cost aggregation + decoder + BCE loss on detached features;
+* ``head_inference[impl]``: the head's eval forward alone (no gradient; 1x1 class pooling),
+  as in inference with cached text embeddings;
+* ``adapter_weights``: the adapter's weights alone;
+* with ``--bf16``: ``step``, towers and head again under CPU autocast (bfloat16), and the
+  logit/loss differences of that path against fp32.
+
+    python tools/analysis/profile_train_step.py [--repeats 3] [--threads N] \\
+        [--img-size 384] [--classes 171] [--pad-len 256] [--impls fast reference] \\
+        [--bf16] [--ops 25] [--out docs/profile_train_step.md]
 
 Each part runs ``--warmup`` untimed times, then ``--repeats`` timed times in interleaved
-rounds (step, text, image, head, adapter; then rotated), so that a busy machine slows every part
-alike; the median is reported (``--sequential``: each part's runs back to back instead).
+rounds (rotated order), so that a busy machine slows every part alike; the median is
+reported, with the 1-minute load average read at the start of each of the part's runs.
+Peak memory: live tensor bytes during one step, from the profiler's allocator events.
+``--ops N``: the N most expensive operators of the head (forward + backward) per impl.
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
@@ -32,8 +46,9 @@ from mmseg.utils import register_all_modules
 import mmseg_hclip  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
+THIS = osp.abspath(__file__)  # before anything can change the working directory
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_peft import interleaved_times  # noqa: E402
+from benchmark_peft import interleaved_times, peak_memory  # noqa: E402
 
 
 def timed(fn, repeats, warmup=1):
@@ -63,6 +78,13 @@ def parse_args(argv=None):
     parser.add_argument('--classes', type=int, default=171, help='vocabulary size')
     parser.add_argument('--pad-len', type=int, default=None,
                         help='head pad_len (default: the config\'s, 256)')
+    parser.add_argument('--impls', nargs='+', default=['fast', 'reference'],
+                        choices=['fast', 'reference'], help='head impls to time')
+    parser.add_argument('--bf16', action='store_true',
+                        help='also time the bfloat16 autocast path and report its accuracy')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--ops', type=int, default=0,
+                        help='also profile the head by operator: the N most expensive ops')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
@@ -70,6 +92,10 @@ def parse_args(argv=None):
                         help='time each part\'s runs back to back (default: interleaved rounds)')
     parser.add_argument('--out', default=None, help='also write the report as markdown here')
     return parser.parse_args(argv)
+
+
+def bf16_autocast(enabled=True):
+    return torch.autocast('cpu', dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def main(argv=None):
@@ -95,55 +121,130 @@ def main(argv=None):
     sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, n, (1, *size))))
     sample.set_metainfo(dict(img_shape=size, pad_shape=size, ori_shape=size))
     bb, neck, head = model.backbone, model.neck, model.decode_head
+    has_impl = hasattr(head, 'impl')
+    impls = args.impls if has_impl else ['(single)']
 
     def zero():
         model.zero_grad(set_to_none=True)
 
-    def step():
-        zero()
-        losses = model.loss(inputs, [sample])
-        sum(v for k, v in losses.items() if 'loss' in k).backward()
+    def use(impl):
+        if has_impl:
+            head.impl = impl
 
-    def text():
-        zero()
-        emb = neck(bb, model.vocabulary, bb.adapted_weights())
-        emb.sum().backward()
+    def step_fn(impl, bf16=False):
+        def step():
+            use(impl)
+            with bf16_autocast(bf16):
+                losses = model.loss(inputs, [sample])
+            sum(v for k, v in losses.items() if 'loss' in k).backward()
+        step.zero_grad = zero
+        return step
 
-    def image():
-        zero()
-        out = bb(inputs, bb.adapted_weights())
-        (out['dense'].sum() + sum(g.sum() for g in out['guidance'])).backward()
+    def text_fn(bf16=False):
+        def text():
+            with bf16_autocast(bf16):
+                emb = neck(bb, model.vocabulary, bb.adapted_weights())
+            emb.float().sum().backward()
+        text.zero_grad = zero
+        return text
+
+    def image_fn(bf16=False):
+        def image():
+            with bf16_autocast(bf16):
+                out = bb(inputs, bb.adapted_weights())
+            (out['dense'].float().sum() + sum(g.float().sum() for g in out['guidance'])).backward()
+        image.zero_grad = zero
+        return image
 
     with torch.no_grad():
         feats = model.extract_feat(inputs)
     feats = {k: (v.detach().requires_grad_() if torch.is_tensor(v) else
                  [g.detach().requires_grad_() for g in v]) for k, v in feats.items()}
 
-    def head_only():
-        zero()
-        losses = head.loss(feats, [sample], model.train_cfg)
-        sum(v for k, v in losses.items() if 'loss' in k).backward()
+    def head_fn(impl, bf16=False):
+        def head_only():
+            use(impl)
+            with bf16_autocast(bf16):
+                losses = head.loss(feats, [sample], model.train_cfg)
+            sum(v for k, v in losses.items() if 'loss' in k).backward()
+        head_only.zero_grad = zero
+        return head_only
+
+    def infer_fn(impl, bf16=False):
+        def head_inference():
+            use(impl)
+            head.eval()
+            try:
+                with torch.no_grad(), bf16_autocast(bf16):
+                    head(feats)
+            finally:
+                head.train()
+        return head_inference
 
     def adapter_only():
-        zero()
         w = bb.adapter(bb.clip)
         sum(v.sum() for v in w.values()).backward()
+    adapter_only.zero_grad = zero
+
+    parts = {}
+    for impl in impls:
+        parts[f'step[{impl}]'] = step_fn(impl)
+    parts['text_tower'] = text_fn()
+    parts['image_tower'] = image_fn()
+    for impl in impls:
+        parts[f'head[{impl}]'] = head_fn(impl)
+    for impl in impls:
+        parts[f'head_inference[{impl}]'] = infer_fn(impl)
+    parts['adapter_weights'] = adapter_only
+    if args.bf16:
+        parts[f'step[{impls[0]}, bf16]'] = step_fn(impls[0], True)
+        parts['text_tower[bf16]'] = text_fn(True)
+        parts['image_tower[bf16]'] = image_fn(True)
+        parts[f'head[{impls[0]}, bf16]'] = head_fn(impls[0], True)
+        parts[f'head_inference[{impls[0]}, bf16]'] = infer_fn(impls[0], True)
+
+    # the 1-minute load average at the start of every timed run of every part
+    loads = {name: [] for name in parts}
+
+    def with_load(name, fn):
+        def run():
+            loads[name].append(os.getloadavg()[0])
+            fn()
+        run.zero_grad = getattr(fn, 'zero_grad', lambda: None)
+        return run
 
     load_before = os.getloadavg()
-    parts = dict(step=step, text_tower=text, image_tower=image, head=head_only,
-                 adapter_weights=adapter_only)
     if args.sequential:
         times = {}
         for name, fn in parts.items():
             print(f'timing {name} ...', file=sys.stderr, flush=True)
-            times[name] = timed(fn, args.repeats, args.warmup)
+            times[name] = timed(with_load(name, fn), args.repeats, args.warmup)
     else:
         print(f'timing {len(parts)} parts x {args.repeats} interleaved rounds ...',
               file=sys.stderr, flush=True)
-        times = interleaved_times(parts, args.repeats, args.warmup, 'cpu')
+        times = interleaved_times({k: with_load(k, f) for k, f in parts.items()}, args.repeats,
+                                  args.warmup, 'cpu')
+    for name in loads:  # drop the warm-up runs' readings
+        loads[name] = loads[name][len(loads[name]) - len(times[name]):]
+    memory = {}
+    if not args.no_memory:
+        for impl in impls:
+            print(f'peak memory of step[{impl}] ...', file=sys.stderr, flush=True)
+            memory[f'step[{impl}]'] = (peak_memory(parts[f'step[{impl}]'], 'cpu'),
+                                       os.getloadavg()[0])
+        if args.bf16:
+            name = f'step[{impls[0]}, bf16]'
+            memory[name] = (peak_memory(parts[name], 'cpu'), os.getloadavg()[0])
+    accuracy = bf16_accuracy(model, inputs, sample) if args.bf16 else None
+    ops = {}
+    if args.ops:
+        for impl in impls:
+            print(f'operator profile of head[{impl}] ...', file=sys.stderr, flush=True)
+            ops[impl] = op_table(head_fn(impl), args.ops)
+    use(impls[0])
     load_after = os.getloadavg()
     res = {k: statistics.median(v) for k, v in times.items()}
-    command = 'python ' + ' '.join([osp.relpath(__file__, ROOT)] +
+    command = 'python ' + ' '.join([osp.relpath(THIS, ROOT)] +
                                    (argv if argv is not None else sys.argv[1:]))
     head_cfg = cfg.model.decode_head
     settings = dict(
@@ -154,42 +255,143 @@ def main(argv=None):
         threads=torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats,
         order='one after another' if args.sequential else 'in interleaved rounds',
         load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
-        torch=torch.__version__)
-    report = render(command, settings, times, res)
+        cpu=_cpu_model(), torch=torch.__version__, impls=impls)
+    report = render(command, settings, times, res, loads, memory, accuracy, ops)
     print(report)
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             f.write(report)
-    return settings, times
+    return dict(settings=settings, times=times, loads=loads, memory=memory,
+                accuracy=accuracy, ops=ops)
 
 
-def render(command, s, times, res):
+def _cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
+
+
+def bf16_accuracy(model, inputs, sample):
+    """Logits, scores and loss of one forward in fp32 and under bf16 autocast (same weights,
+    same input; training mode as in a step, and eval-mode head logits)."""
+    out = {}
+    head = model.decode_head
+    with torch.no_grad():
+        results = {}
+        for bf16 in (False, True):
+            with bf16_autocast(bf16):
+                feats = model.extract_feat(inputs)
+                logits = head(feats).float()
+                loss = head.loss_by_feat(logits, [sample])
+                head.eval()
+                try:
+                    eval_logits = head(feats).float()
+                finally:
+                    head.train()
+            results[bf16] = (logits, sum(v for k, v in loss.items() if 'loss' in k).float(),
+                             eval_logits)
+    (l32, loss32, e32), (l16, loss16, e16) = results[False], results[True]
+    out['train_logits_rel_l2'] = ((l16 - l32).norm() / l32.norm()).item()
+    out['train_logits_max_abs'] = (l16 - l32).abs().max().item()
+    out['loss_fp32'] = loss32.item()
+    out['loss_bf16'] = loss16.item()
+    out['loss_rel'] = abs(loss16.item() - loss32.item()) / abs(loss32.item())
+    out['eval_logits_rel_l2'] = ((e16 - e32).norm() / e32.norm()).item()
+    out['eval_argmax_agreement'] = (e16.argmax(1) == e32.argmax(1)).float().mean().item()
+    return out
+
+
+def op_table(fn, rows):
+    """The ``rows`` operators with the most self CPU time in one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+    fn.zero_grad()
+    fn()  # warm
+    fn.zero_grad()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if not e.key.startswith('autograd::engine')]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return dict(total_s=total / 1e6, rows=[(e.key, e.count, e.self_cpu_time_total / 1e6)
+                                            for e in events[:rows]])
+
+
+def _loads(values):
+    return f"{statistics.mean(values):.1f}" if values else '-'
+
+
+def render(command, s, times, res, loads, memory, accuracy, ops):
     lines = [
         '# Profile: one H-CLIP training step on CPU', '',
         f'Produced by `{command}` (numbers below are from that one run).', '',
         f"- model: `{s['config']}`, arch {s['arch']} (random weights), batch 1, input "
         f"{s['input'][0]}×{s['input'][1]}, {s['classes']} classes (one prompt each), head "
         f"pad_len {s['pad_len']}, window {s['window_size']}",
-        f"- CPU: {s['cpus']} cores, torch {s['torch']}, {s['threads']} intra-op thread(s); "
-        f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in s['load_before'])}, "
-        f"after {'/'.join(f'{x:.2f}' for x in s['load_after'])}",
+        f"- CPU: {s['cpu']}, {s['cpus']} cores, torch {s['torch']}, {s['threads']} intra-op "
+        f"thread(s); load average (1/5/15 min) before "
+        f"{'/'.join(f'{x:.2f}' for x in s['load_before'])}, after "
+        f"{'/'.join(f'{x:.2f}' for x in s['load_after'])}",
         f"- {s['warmup']} untimed + {s['repeats']} timed run(s) per part, median reported; "
-        f"parts timed {s['order']}", '',
-        '| part (forward + backward) | median (s) | all runs (s) | share of the step |',
+        f"parts timed {s['order']}; load = mean 1-minute load average at the start of the "
+        "part's timed runs", '',
+        '| part (forward + backward) | median (s) | all runs (s) | load |',
         '| --- | ---: | --- | ---: |'
     ]
     for k, v in res.items():
         lines.append(f"| {k} | {v:.2f} | {', '.join(f'{t:.2f}' for t in times[k])} | "
-                     f"{100 * v / res['step']:.1f}% |")
-    rest = res['step'] - res['text_tower'] - res['image_tower'] - res['head']
+                     f'{_loads(loads.get(k))} |')
+    towers = res['text_tower'] + res['image_tower']
+    lines += ['', '## Ratios (same run)', '']
+    for impl in s['impls']:
+        lines.append(f"- head[{impl}] ÷ (text tower + image tower): "
+                     f"{res[f'head[{impl}]']:.2f} / {towers:.2f} = "
+                     f"**{res[f'head[{impl}]'] / towers:.2f}**")
+    if 'fast' in s['impls'] and 'reference' in s['impls']:
+        for part in ('step', 'head', 'head_inference'):
+            lines.append(f'- {part}[fast] ÷ {part}[reference]: '
+                         f"**{res[f'{part}[fast]'] / res[f'{part}[reference]']:.2f}**")
+    if 'step[fast, bf16]' in res:
+        lines.append(f"- bf16 autocast ÷ fp32 (fast): step "
+                     f"{res['step[fast, bf16]'] / res['step[fast]']:.2f}, head "
+                     f"{res['head[fast, bf16]'] / res['head[fast]']:.2f}, head inference "
+                     f"{res['head_inference[fast, bf16]'] / res['head_inference[fast]']:.2f}, "
+                     f"towers {(res['text_tower[bf16]'] + res['image_tower[bf16]']) / towers:.2f}")
+    if memory:
+        lines += ['', '## Peak memory of one step', '',
+                  '| step | peak live tensors (MiB) | load |', '| --- | ---: | ---: |']
+        for k, (v, load) in memory.items():
+            lines.append(f'| {k} | {v / 2**20:.0f} | {load:.1f} |')
+        if 'step[fast]' in memory and 'step[reference]' in memory:
+            lines.append('')
+            lines.append(f"fast ÷ reference: **{memory['step[fast]'][0] / memory['step[reference]'][0]:.2f}**")
+    if accuracy:
+        a = accuracy
+        lines += [
+            '', '## bf16 autocast vs fp32 (same weights and input)', '',
+            f"- training-mode logits: relative L2 difference {a['train_logits_rel_l2']:.2e}, "
+            f"max abs {a['train_logits_max_abs']:.3f}",
+            f"- loss: fp32 {a['loss_fp32']:.6f}, bf16 {a['loss_bf16']:.6f} (relative "
+            f"{a['loss_rel']:.2e})",
+            f"- eval-mode logits: relative L2 difference {a['eval_logits_rel_l2']:.2e}; argmax "
+            f"class equal at {100 * a['eval_argmax_agreement']:.2f}% of the pixels"]
+    for impl, table in ops.items():
+        lines += ['', f"## Operators of head[{impl}] (forward + backward, self CPU time; one "
+                  f"run, {table['total_s']:.1f} s in all)", '',
+                  '| operator | calls | self CPU (s) | share |', '| --- | ---: | ---: | ---: |']
+        for key, count, secs in table['rows']:
+            lines.append(f'| `{key}` | {count} | {secs:.2f} | '
+                         f"{100 * secs / table['total_s']:.1f}% |")
     lines += [
-        '', f'Step minus (text + image + head): {rest:.2f} s '
-        f"({100 * rest / res['step']:.1f}%; the parts are timed alone, so each includes its own "
-        'adapter-weight computation and the sum can exceed the step).', '',
-        'text_tower and image_tower include computing the adapted weights (adapter forward and '
-        'backward) once each; adapter_weights is that part alone. head = cost aggregation + '
-        'decoder + BCE loss on detached features.', ''
+        '', 'text_tower and image_tower include computing the adapted weights (adapter forward '
+        'and backward) once each; adapter_weights is that part alone. head = cost aggregation '
+        '+ decoder + BCE loss on detached features. Peak memory: the highest total of live '
+        'tensor bytes during one step (profiler allocator events, op granularity).', ''
     ]
     return '\n'.join(lines)
 

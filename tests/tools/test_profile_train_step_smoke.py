@@ -1,0 +1,55 @@
+"""tools/analysis/profile_train_step.py on the tiny config: every part is timed with its
+load average, both head impls and the bf16 path are reported, the operator tables and the
+bf16 accuracy are filled (no timing assertions)."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope='module')
+def result(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location(
+        'hclip_tool_profile_train_step',
+        osp.join(ROOT, 'tools', 'analysis', 'profile_train_step.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path_factory.mktemp('profile') / 'profile.md'
+    threads = torch.get_num_threads()
+    argv = ['--config', osp.join(ROOT, 'configs/_base_/models/hclip_tiny.py'), '--classes', '5',
+            '--repeats', '1', '--warmup', '0', '--threads', '1', '--bf16', '--ops', '4',
+            '--out', str(out)]
+    with torch.random.fork_rng():
+        res = module.main(argv)
+    torch.set_num_threads(threads)
+    return res, out.read_text()
+
+
+def test_every_part_timed_with_its_load(result):
+    res, _ = result
+    parts = {'step[fast]', 'step[reference]', 'text_tower', 'image_tower', 'head[fast]',
+             'head[reference]', 'head_inference[fast]', 'head_inference[reference]',
+             'adapter_weights', 'step[fast, bf16]', 'text_tower[bf16]', 'image_tower[bf16]',
+             'head[fast, bf16]', 'head_inference[fast, bf16]'}
+    assert set(res['times']) == parts
+    for name, times in res['times'].items():
+        assert len(times) == 1 and times[0] > 0, name
+        assert len(res['loads'][name]) == 1, name
+    assert set(res['memory']) == {'step[fast]', 'step[reference]', 'step[fast, bf16]'}
+    assert all(peak > 0 for peak, _ in res['memory'].values())
+
+
+def test_bf16_accuracy_and_operator_tables(result):
+    res, text = result
+    acc = res['accuracy']
+    assert 0 < acc['train_logits_rel_l2'] < 0.1 and 0 <= acc['loss_rel'] < 0.05
+    assert 0 <= acc['eval_argmax_agreement'] <= 1
+    assert set(res['ops']) == {'fast', 'reference'}
+    assert all(len(t['rows']) == 4 for t in res['ops'].values())
+    for heading in ('## Ratios (same run)', 'head[fast] ÷ (text tower + image tower)',
+                    'head[reference] ÷ (text tower + image tower)', '## Peak memory',
+                    '## bf16 autocast vs fp32', '## Operators of head[fast]'):
+        assert heading in text
