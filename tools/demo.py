@@ -29,7 +29,8 @@ except ImportError:  # running from a checkout without installing the package
 
 from mmseg_hclip.apis import (init_model, inference_model, load_image, parse_vocabulary,
                               resolve_device, show_result)
-from mmseg_hclip.utils.memory import fit_inference_to_memory, restore_prediction_size
+from mmseg_hclip.utils.memory import (fit_drawing_to_memory, fit_inference_to_memory,
+                                      restore_prediction_size)
 
 
 def parse_args(argv=None):
@@ -86,8 +87,12 @@ def run(args) -> dict:
     result = restore_prediction_size(inference_model(model, run_image, vocabulary),
                                      image.shape[:2])
     seconds = time.perf_counter() - start
+    with_labels, drawing_note = fit_drawing_to_memory(result, len(vocabulary),
+                                                      not args.no_labels, args.memory_budget)
+    if drawing_note:
+        print(drawing_note)
     drawn, present = show_result(
-        image, result, vocabulary, opacity=args.opacity, with_labels=not args.no_labels,
+        image, result, vocabulary, opacity=args.opacity, with_labels=with_labels,
         legend=not args.no_legend, out_file=args.out)
     weights = ('no adapter: merged checkpoint or frozen CLIP' if model.backbone.adapter is None
                else 'adapter folded into the CLIP weights for inference')

@@ -366,9 +366,12 @@ def resident_bytes() -> int:
 
 
 #: Bytes per image pixel that drawing the overlay (MMSeg's visualiser, the legend) and
-#: saving it take at their peak (measured with ``tools/analysis/inference_memory.py`` on a
-#: 4000x3000 image, see docs/memory.md, and rounded up).
-DRAWING_BYTES_PER_PIXEL = 128
+#: saving it take at their peak, without region labels (measured on 4000x3000 images: 128-130
+#: for 3 to 150 classes present, see docs/memory.md).
+DRAWING_BYTES_PER_PIXEL = 130
+#: Extra bytes per pixel and class present when the class names are written on the regions
+#: (measured: 313 bytes/pixel in all with 150 classes present, 133 with 30).
+LABEL_BYTES_PER_PIXEL_PER_CLASS = 1.25
 
 
 def fit_inference_to_memory(model, image, num_classes: int, budget_gb: float):
@@ -418,6 +421,30 @@ def fit_inference_to_memory(model, image, num_classes: int, budget_gb: float):
         note += (f' on the image resized to {size[0]}x{size[1]} (labels scaled back with '
                  'nearest neighbour)')
     return image, note + f', about {estimate} (--memory-budget {budget_gb} GiB)'
+
+
+def fit_drawing_to_memory(result, num_classes: int, with_labels: bool,
+                          budget_gb: float) -> Tuple[bool, str]:
+    """Whether the overlay can be drawn with region labels within ``budget_gb`` GiB.
+
+    MMSeg's visualiser needs about :data:`LABEL_BYTES_PER_PIXEL_PER_CLASS` more per pixel
+    and class present when it writes the names on the regions; when that does not fit
+    beside what is resident, the names are left out (the legend still lists the classes).
+
+    Returns:
+        tuple: ``(with_labels, note)``; ``note`` is '' when nothing changed.
+    """
+    if not with_labels:
+        return False, ''
+    labels = result.pred_sem_seg.data
+    pixels = labels.numel()
+    present = int((torch.bincount(labels.flatten().long(), minlength=num_classes) > 0).sum())
+    need = (DRAWING_BYTES_PER_PIXEL + LABEL_BYTES_PER_PIXEL_PER_CLASS * present) * pixels
+    if (resident_bytes() + need) / GIB <= budget_gb:
+        return True, ''
+    return False, (f'{present} classes present: writing their names on the regions would need '
+                   f'about {need / GIB:.1f} GiB more; drawn without region labels (the legend '
+                   f'lists them) to stay within --memory-budget {budget_gb} GiB')
 
 
 def restore_prediction_size(result, size: Tuple[int, int]):

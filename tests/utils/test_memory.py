@@ -123,7 +123,7 @@ def test_demo_keeps_a_4000x3000_image_under_4_gib(tmp_path):
     out = tmp_path / 'out.png'
     proc = subprocess.run(
         [sys.executable, '-c', DEMO.format(root=ROOT), image, '--vocabulary-file', str(vocab),
-         '--config', TINY, '--checkpoint', ckpt, '--out', str(out), '--no-labels',
+         '--config', TINY, '--checkpoint', ckpt, '--out', str(out),
          '--cfg-options', 'model.test_cfg.mode=whole'], capture_output=True, text=True,
         timeout=600, cwd=ROOT, env=dict(__import__('os').environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -166,3 +166,18 @@ def test_demo_plan_switches_to_reference_then_scales():
     assert 'seg_logits' not in out
     with pytest.raises(ValueError, match='--memory-budget'):
         fit_inference_to_memory(model, image, 3, 0.01)
+
+
+def test_region_labels_are_dropped_when_their_drawing_does_not_fit():
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from mmseg_hclip.utils.memory import fit_drawing_to_memory, resident_bytes
+    budget = resident_bytes() / 1024**3 + 2.0
+    result = SegDataSample()
+    stripes = torch.arange(4000).view(1, 1, 4000).expand(1, 3000, 4000)
+    result.pred_sem_seg = PixelData(data=stripes * 3 // 4000)  # 3 classes present
+    assert fit_drawing_to_memory(result, 150, True, budget) == (True, '')
+    result.pred_sem_seg = PixelData(data=stripes * 150 // 4000)  # 150 present
+    with_labels, note = fit_drawing_to_memory(result, 150, True, budget)
+    assert not with_labels and note.startswith('150 classes present: writing their names')
+    assert fit_drawing_to_memory(result, 150, False, budget) == (False, '')
