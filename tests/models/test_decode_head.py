@@ -573,3 +573,50 @@ def test_spatial_aggregation_fast_equals_reference(dtype, tol, hw, guided):
     for i, (f, r) in enumerate(zip(results['fast'], results['reference'])):
         if r.norm() > 1e-12:  # the key bias of softmax attention has no gradient
             _assert_rel(f, r, tol, f'tensor {i}')
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_pre_norm_mlp_residual_equals_modules(dtype, tol):
+    """The fused MLP residual (norm and activation recomputed in backward) == mmcv's FFN on
+    nn.LayerNorm: outputs and every gradient."""
+    from mmcv.cnn.bricks.transformer import FFN
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import PreNormMlpResidual
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(16).to(dtype)
+    ffn = FFN(embed_dims=16, feedforward_channels=64, act_cfg=dict(type='GELU')).to(dtype)
+    with torch.no_grad():
+        norm.weight.add_(torch.randn(16, dtype=dtype) * 0.1)
+        norm.bias.add_(torch.randn(16, dtype=dtype) * 0.1)
+    x = torch.randn(2, 3, 5, 16, dtype=dtype, requires_grad=True)
+    modules = torch.nn.ModuleList([norm, ffn])
+    ref = ffn(norm(x), identity=x)
+    fc1, fc2 = ffn.layers[0][0], ffn.layers[1]
+    out = PreNormMlpResidual.apply(x, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias,
+                                   fc2.weight, fc2.bias, 'none')
+    for f, r in zip([out] + _grads_of(modules, (x, ), out), [ref] + _grads_of(modules, (x, ), ref)):
+        _assert_rel(f, r, tol)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('bias,padding,channels_last', [(True, 1, True), (False, 1, False),
+                                                        (False, 0, True)])
+def test_group_norm_relu_conv_equals_modules(dtype, tol, bias, padding, channels_last):
+    """conv(relu(GroupNorm(x))) with the norm and ReLU recomputed in backward == the modules:
+    outputs and every gradient."""
+    from mmseg_hclip.models.decode_heads.cost_aggregation_blocks import GroupNormReluConv
+    torch.manual_seed(0)
+    gn = torch.nn.GroupNorm(2, 8).to(dtype)
+    conv = torch.nn.Conv2d(8, 5, 2 if padding == 0 else 3, padding=padding, bias=bias).to(dtype)
+    with torch.no_grad():
+        gn.weight.add_(torch.randn(8, dtype=dtype) * 0.3)
+        gn.bias.add_(torch.randn(8, dtype=dtype) * 0.3)
+    x = torch.randn(3, 8, 6, 7, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    modules = torch.nn.ModuleList([gn, conv])
+    ref = conv(torch.relu(gn(x)))
+    out = GroupNormReluConv.apply(x, gn.weight, gn.bias, 2, gn.eps, conv.weight, conv.bias,
+                                  padding)
+    for f, r in zip([out] + _grads_of(modules, (x, ), out), [ref] + _grads_of(modules, (x, ), ref)):
+        _assert_rel(f, r, tol)

@@ -369,7 +369,8 @@ def render(command, s, times, res, loads, memory, accuracy, ops):
             lines.append(f'| {k} | {v / 2**20:.0f} | {load:.1f} |')
         if 'step[fast]' in memory and 'step[reference]' in memory:
             lines.append('')
-            lines.append(f"fast ÷ reference: **{memory['step[fast]'][0] / memory['step[reference]'][0]:.2f}**")
+            ratio = memory['step[fast]'][0] / memory['step[reference]'][0]
+            lines.append(f'fast ÷ reference: **{ratio:.2f}**')
     if accuracy:
         a = accuracy
         lines += [

@@ -297,6 +297,66 @@ class GuidedShiftWindowMSA(ShiftWindowMSA):
         return self.drop(out)
 
 
+class PreNormMlpResidual(torch.autograd.Function):
+    """``x + fc2(act(fc1(LayerNorm(x))))`` (act: GELU) that keeps less for backward.
+
+    Autograd would keep the norm's output, ``fc1``'s output and the activation's output
+    (``1 + 4 + 4`` maps of ``x``'s size for an MLP ratio of 4). This keeps ``x``, the norm's
+    statistics and ``fc1``'s output, and recomputes the norm and the activation in
+    backward with the same kernels (same numbers). Without autocast only (the caller uses
+    the modules under autocast).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, ln_weight: Tensor, ln_bias: Tensor,  # type: ignore[override]
+                eps: float, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                approximate: str) -> Tensor:
+        c = x.shape[-1]
+        x2 = x.reshape(-1, c)
+        normed, mean, rstd = torch.native_layer_norm(x2, [c], ln_weight, ln_bias, eps)
+        hidden = F.linear(normed, w1, b1)
+        del normed
+        out = x2 + F.linear(F.gelu(hidden, approximate=approximate), w2, b2)
+        ctx.save_for_backward(x2, mean, rstd, hidden, ln_weight, ln_bias, w1, w2)
+        ctx.eps, ctx.approximate = eps, approximate
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x2, mean, rstd, hidden, ln_weight, ln_bias, w1, w2 = ctx.saved_tensors
+        c = x2.shape[-1]
+        g = grad.reshape(-1, c)
+        act = F.gelu(hidden, approximate=ctx.approximate)
+        grad_w2, grad_b2 = g.t().mm(act), g.sum(0)
+        del act
+        grad_hidden = torch.ops.aten.gelu_backward(g.mm(w2), hidden, approximate=ctx.approximate)
+        normed = torch.native_layer_norm(x2, [c], ln_weight, ln_bias, ctx.eps)[0]
+        grad_w1, grad_b1 = grad_hidden.t().mm(normed), grad_hidden.sum(0)
+        del normed
+        grad_x, grad_ln_w, grad_ln_b = torch.ops.aten.native_layer_norm_backward(
+            grad_hidden.mm(w1), x2, [c], mean, rstd, ln_weight, ln_bias, [True, True, True])
+        grad_x = grad_x + g
+        return (grad_x.view(grad.shape), grad_ln_w, grad_ln_b, None, grad_w1, grad_b1, grad_w2,
+                grad_b2, None)
+
+
+def _plain_gelu_mlp(norm: nn.Module, ffn: FFN, x: Tensor) -> bool:
+    """Whether ``ffn(norm(x), identity=x)`` is exactly ``PreNormMlpResidual``'s formula
+    (LayerNorm, two linears, GELU, no dropout, no layer scale, no autocast)."""
+    if torch.is_autocast_enabled(x.device.type) or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if not isinstance(norm, nn.LayerNorm) or not norm.elementwise_affine or len(
+            ffn.layers) != 3 or not ffn.add_identity or not isinstance(ffn.gamma2, nn.Identity):
+        return False
+    first, fc2, drop2 = ffn.layers
+    if len(first) != 3 or not isinstance(first[0], nn.Linear) or not isinstance(
+            first[1], nn.GELU) or not isinstance(fc2, nn.Linear):
+        return False
+    drops = [first[2], drop2, ffn.dropout_layer]
+    return all(isinstance(d, nn.Identity) or getattr(d, 'p', getattr(d, 'drop_prob', 1.)) == 0
+               or not d.training for d in drops)
+
+
 class GuidedSwinBlock(BaseModule):
     """Swin block (pre-norm attention + MLP) whose attention takes image guidance.
 
@@ -370,6 +430,12 @@ class GuidedSwinBlock(BaseModule):
             Tensor: ``[B, T, nW, N, C]``.
         """
         x = x + self.attn.drop(self.attn.w_msa.forward_fast(self.norm1(x), guidance, mask))
+        if _plain_gelu_mlp(self.norm2, self.ffn, x):
+            fc1, act = self.ffn.layers[0][:2]
+            fc2 = self.ffn.layers[1]
+            return PreNormMlpResidual.apply(x, self.norm2.weight, self.norm2.bias,
+                                            self.norm2.eps, fc1.weight, fc1.bias, fc2.weight,
+                                            fc2.bias, act.approximate)
         return self.ffn(self.norm2(x), identity=x)
 
 
@@ -758,10 +824,13 @@ class ParityInterleave(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         n, height, width, c, imgs, with_extra = ctx.shape
         g = grad.reshape(n, height, 2, width, 2, c)
-        out = grad.new_zeros(n, height + 1, width + 1, 2, 2, c)
+        out = grad.new_empty(n, height + 1, width + 1, 2, 2, c)
         for a in range(2):
             for b in range(2):
                 out[:, a:a + height, b:b + width, a, b] = g[:, :, a, :, b]
+                # the row and the column of parity (a, b) that no output reads
+                out[:, height if a == 0 else 0, :, a, b] = 0
+                out[:, :, width if b == 0 else 0, a, b] = 0
         grad_y = out.view(n, height + 1, width + 1, 4 * c).permute(0, 3, 1, 2)
         grad_extra = None
         if with_extra and ctx.needs_input_grad[3]:
@@ -787,6 +856,64 @@ def group_norm_cfg(channels: int, channels_per_group: int = 16) -> dict:
         raise ValueError(f'decoder channels {channels} are not divisible into {groups} '
                          f'GroupNorm groups; use a multiple of {channels_per_group}')
     return dict(type='GN', num_groups=groups)
+
+
+class GroupNormReluConv(torch.autograd.Function):
+    """``conv2d(relu(group_norm(x)), weight, bias, padding)`` that keeps only ``x`` and the
+    norm's statistics for backward (autograd would also keep the activation, a map of
+    ``x``'s size); the norm and the ReLU are recomputed in backward with the same kernels.
+    Stride 1, no dilation, one group; no autocast (the caller checks)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gn_weight: Tensor, gn_bias: Tensor,  # type: ignore[override]
+                groups: int, eps: float, weight: Tensor, bias: Optional[Tensor],
+                padding: int) -> Tensor:
+        n, c = x.shape[:2]
+        normed, mean, rstd = torch.ops.aten.native_group_norm(
+            x, gn_weight, gn_bias, n, c, x[0, 0].numel(), groups, eps)
+        out = F.conv2d(normed.relu_(), weight, bias, padding=padding)
+        ctx.save_for_backward(x, mean, rstd, gn_weight, gn_bias, weight)
+        ctx.meta = (groups, eps, padding, None if bias is None else list(bias.shape))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, mean, rstd, gn_weight, gn_bias, weight = ctx.saved_tensors
+        groups, eps, padding, bias_sizes = ctx.meta
+        n, c = x.shape[:2]
+        hw = x[0, 0].numel()
+        act = torch.ops.aten.native_group_norm(x, gn_weight, gn_bias, n, c, hw, groups,
+                                               eps)[0].relu_()
+        grad_act, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, act, weight, bias_sizes, [1, 1], [padding, padding], [1, 1], False, [0, 0],
+            1, [True, True, bias_sizes is not None])
+        grad_normed = torch.ops.aten.threshold_backward(grad_act, act, 0)
+        del act, grad_act
+        grad_x, grad_gn_w, grad_gn_b = torch.ops.aten.native_group_norm_backward(
+            grad_normed, x, mean, rstd, gn_weight, n, c, hw, groups, [True, True, True])
+        return (grad_x, grad_gn_w, grad_gn_b, None, None, grad_weight, grad_bias, None)
+
+
+def _gn_relu(module: nn.Module) -> bool:
+    """Whether a ``ConvModule`` ends with an affine ``nn.GroupNorm`` and a ReLU (in that
+    order), i.e. its norm + activation can go into :class:`GroupNormReluConv`."""
+    return (isinstance(module, ConvModule) and module.order == ('conv', 'norm', 'act')
+            and isinstance(module.norm, nn.GroupNorm) and module.norm.affine
+            and isinstance(getattr(module, 'activate', None), nn.ReLU))
+
+
+def norm_act_conv(x: Tensor, pending: Optional[nn.Module], weight: Tensor,
+                  bias: Optional[Tensor], padding: int) -> Tensor:
+    """``conv2d(act(norm(x)))`` with ``pending``'s (a ``ConvModule``'s) norm and activation
+    (``pending=None``: ``conv2d(x)``); GroupNorm + ReLU through :class:`GroupNormReluConv`
+    when there is no autocast."""
+    if pending is None:
+        return F.conv2d(x, weight, bias, padding=padding)
+    if _gn_relu(pending) and not torch.is_autocast_enabled(x.device.type):
+        gn = pending.norm
+        return GroupNormReluConv.apply(x, gn.weight, gn.bias, gn.num_groups, gn.eps, weight,
+                                       bias, padding)
+    return F.conv2d(pending.activate(pending.norm(x)), weight, bias, padding=padding)
 
 
 class GuidedUpBlock(BaseModule):
@@ -843,22 +970,49 @@ class GuidedUpBlock(BaseModule):
         conv's bias, are convolved once per image and added to every class (CAT-Seg
         concatenates a copy of the guidance to every class); all maps are channels-last.
         """
-        first = self.convs[0]
-        if (self.impl == 'fast' and guidance is not None
-                and first.order == ('conv', 'norm', 'act') and type(first.conv) is nn.Conv2d
-                and first.conv.padding == (1, 1) and not first.with_explicit_padding):
+        if self.fast_path_applies(guidance):
             return self._forward_fast(x, guidance)
         return self._forward_reference(x, guidance)
 
-    def _forward_fast(self, x: Tensor, guidance: Tensor) -> Tensor:
+    def fast_path_applies(self, guidance: Optional[Tensor]) -> bool:
+        """Whether :meth:`forward` takes the fast path (else the reference one)."""
+        first = self.convs[0]
+        return (self.impl == 'fast' and guidance is not None
+                and first.order == ('conv', 'norm', 'act') and type(first.conv) is nn.Conv2d
+                and first.conv.padding == (1, 1) and not first.with_explicit_padding)
+
+    def forward_deferred(self, x: Tensor, guidance: Tensor,
+                         pending: Optional[nn.Module] = None) -> Tuple[Tensor, nn.Module]:
+        """The fast path, with the norm and activation at both ends left to fused ops.
+
+        Args:
+            x (Tensor): ``[B*T, C_in, H, W]``, before ``pending``'s norm and activation.
+            guidance (Tensor): ``[B, G, 2H, 2W]``.
+            pending (nn.Module, optional): the ``ConvModule`` whose norm and activation
+                ``x`` still needs (the previous stage's last one).
+
+        Returns:
+            tuple: the second conv's output ``[B*T, C_out, 2H, 2W]`` before its norm and
+            activation, and the ``ConvModule`` that holds them (for the next conv).
+        """
+        first, second = self.convs
+        y = self._first_conv(x, guidance, pending)
+        if _gn_relu(first) and _gn_relu(second):
+            return norm_act_conv(y, first, second.conv.weight, second.conv.bias,
+                                 second.conv.padding[0]), second
+        return second.conv(first.activate(first.norm(y))), second
+
+    def _first_conv(self, x: Tensor, guidance: Tensor,
+                    pending: Optional[nn.Module] = None) -> Tensor:
+        """The first conv of the stage (before its norm) on ``act(norm(x))`` (``pending``)."""
         bt, _, hgt, wid = x.shape
         b = guidance.shape[0]
-        t = bt // b
         first = self.convs[0]
         weight = first.conv.weight  # [C_out, C_up + G, 3, 3]
         c_up = self.up.out_channels
         x = x.contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x, compose_up_conv(self.up.weight, weight[:, :c_up]), padding=1)
+        y = norm_act_conv(x, pending, compose_up_conv(self.up.weight, weight[:, :c_up]),
+                          None, 1)
         # per image: the transposed conv's bias (a constant map: its 3x3 conv differs
         # only at the border) and the guidance, through the full first conv
         bias_map = self.up.bias.view(1, c_up, 1, 1).expand(b, c_up, 2 * hgt, 2 * wid)
@@ -866,7 +1020,11 @@ class GuidedUpBlock(BaseModule):
             torch.cat([bias_map, guidance.to(bias_map.dtype)], dim=1), weight,
             first.conv.bias, padding=1)
         y = ParityInterleave.apply(y, hgt, wid, per_image.permute(0, 2, 3, 1))
-        y = y.permute(0, 3, 1, 2)  # [B*T, C_out, 2H, 2W], channels-last
+        return y.permute(0, 3, 1, 2)  # [B*T, C_out, 2H, 2W], channels-last
+
+    def _forward_fast(self, x: Tensor, guidance: Tensor) -> Tensor:
+        first = self.convs[0]
+        y = self._first_conv(x, guidance)
         if first.with_norm:
             y = first.norm(y)
         if first.with_activation:

@@ -12,7 +12,8 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig
 from torch import Tensor
 
 from ..losses.one_hot_bce_loss import OneHotBCELoss
-from .cost_aggregation_blocks import AggregationLayer, GuidedUpBlock, check_impl
+from .cost_aggregation_blocks import (AggregationLayer, GuidedUpBlock, check_impl,
+                                      norm_act_conv)
 
 #: Logit given to the classes that the top-``pad_len`` selection drops.
 DROPPED_CLASS_LOGIT = -100.
@@ -354,10 +355,20 @@ class HCLIPCostAggHead(BaseDecodeHead):
         """Decoder: ``x`` ``[B, T, h, w, C]`` → logits ``[B, T, h·2^S, w·2^S]``."""
         b, t, h, w, c = x.shape
         y = x.permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
-        for stage, up, proj, g in zip(self.decoder, self.decoder_guidance_up,
-                                      self.decoder_guidance_proj, guidance):
-            y = stage(y, proj(up(g)))
-        y = self.cls_head(y)
+        guidance = [proj(up(g)) for up, proj, g in zip(self.decoder_guidance_up,
+                                                        self.decoder_guidance_proj, guidance)]
+        if all(stage.fast_path_applies(g) for stage, g in zip(self.decoder, guidance)):
+            # each norm + activation is applied inside the next conv (fused: its output is
+            # recomputed in backward instead of kept)
+            pending = None
+            for stage, g in zip(self.decoder, guidance):
+                y, pending = stage.forward_deferred(y, g, pending)
+            y = norm_act_conv(y, pending, self.cls_head.weight, self.cls_head.bias,
+                              self.cls_head.padding[0])
+        else:
+            for stage, g in zip(self.decoder, guidance):
+                y = stage(y, g)
+            y = self.cls_head(y)
         return y.reshape(b, t, *y.shape[-2:])
 
     # ---------------------------------------------------------------- forward
