@@ -152,10 +152,18 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
     """Require the same keys and shapes as ``model.state_dict()`` (except the grid of the
     image positional embedding, which the backbone takes from the checkpoint).
 
+    Keys of earlier versions that a module renames when loading (its
+    ``upgrade_state_dict(state_dict, prefix)``, e.g. the adapter's Cayley generators, once
+    stored as ``blocks.<tower>``) are compared under their new names.
+
     Raises:
         CheckpointMismatchError: Listing the first missing keys (in the model, not in the
             checkpoint), unexpected keys (the other way round) and shape mismatches.
     """
+    state_dict = dict(state_dict)
+    for name, module in model.named_modules():
+        if callable(getattr(module, 'upgrade_state_dict', None)):
+            module.upgrade_state_dict(state_dict, f'{name}.' if name else '')
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

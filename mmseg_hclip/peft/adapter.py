@@ -138,8 +138,9 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
     """POF + DCRC parameters for an open_clip ViT CLIP and the weights they produce.
 
     The adapter does NOT register ``clip`` as a submodule: its ``state_dict`` holds only the
-    adapter parameters (``blocks.image``, ``blocks.text`` and ``dcrc.*``); the model is passed
-    to every method that needs it.
+    adapter parameters (``blocks.<tower>`` for a free tower, ``generators.<tower>`` for an
+    orthogonal one, ``dcrc.*``); the model is passed to every method that needs it. State
+    dicts of earlier versions (generators under ``blocks.<tower>``) load unchanged.
 
     Each tower's parameter is stored as ``[M_t, b_t, q, q]`` (position-major, the memory
     layout of the DCRC tensor, :class:`~mmseg_hclip.peft._engine.BlockLayout`): position
@@ -223,16 +224,18 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
 
         # free towers store their blocks R (init I), orthogonal towers the Cayley generators P
         # (init 0 -> R = I): at init the adapted model is exactly the pretrained one
-        self.blocks = nn.ParameterDict()
+        self.blocks = nn.ParameterDict()  # R of the free towers
+        self.generators = nn.ParameterDict()  # P of the orthogonal towers
         n_t = len(self.targets)
         for name in TOWERS:
             spec = self.towers[name]
             num, b = n_t * spec.num_layers, spec.width // q
             if name in self.orthogonal_towers:
-                init = torch.zeros(num, b, q, q, device=device)
+                self.generators[name] = nn.Parameter(torch.zeros(num, b, q, q, device=device))
             else:
-                init = torch.eye(q, device=device).expand(num, b, q, q).clone()
-            self.blocks[name] = nn.Parameter(init)
+                self.blocks[name] = nn.Parameter(
+                    torch.eye(q, device=device).expand(num, b, q, q).clone())
+        self._register_load_state_dict_pre_hook(self._upgrade_hook)
 
         self.dcrc = None
         if dcrc != 'off':
@@ -246,6 +249,7 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
             self.dcrc.to(params[image.in_proj_names[0]].device)
         if train == 'dcrc_only':
             self.blocks.requires_grad_(False)
+            self.generators.requires_grad_(False)
         if freeze_clip:
             freeze_module(clip)
 
@@ -268,7 +272,21 @@ class HCLIPAdapter(MergeableAdapterMixin, nn.Module):
     def raw_parameters(self) -> Dict[str, nn.Parameter]:
         """tower -> its stored parameter ``[L_t · n_targets, b_t, q, q]`` (position-major):
         the blocks ``R`` of a free tower or the generators ``P`` of an orthogonal one."""
-        return {name: self.blocks[name] for name in TOWERS}
+        return {name: (self.generators[name] if name in self.orthogonal_towers else
+                       self.blocks[name]) for name in TOWERS}
+
+    def upgrade_state_dict(self, state_dict: Dict[str, Tensor], prefix: str = '') -> None:
+        """Rename, in place, the keys of earlier versions in ``state_dict``: they kept the
+        generators of an orthogonal tower under ``{prefix}blocks.<tower>``, which now live
+        under ``{prefix}generators.<tower>``. Run by ``load_state_dict`` and by key checks
+        that compare a checkpoint with the model before loading."""
+        for name in self.orthogonal_towers:
+            old, new = f'{prefix}blocks.{name}', f'{prefix}generators.{name}'
+            if old in state_dict and new not in state_dict:
+                state_dict[new] = state_dict.pop(old)
+
+    def _upgrade_hook(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.upgrade_state_dict(state_dict, prefix)
 
     # ------------------------------------------------------------------ DCRC tensor
     def dcrc_tensor(self, mixed: bool = False) -> Tensor:

@@ -114,11 +114,10 @@ def perturb_adapter(adapter: nn.Module, seed: int = 0, scale: float = 1.0) -> nn
     with torch.no_grad():
         for name, param in adapter.named_parameters():
             noise = torch.randn(param.shape, generator=generator).to(param.device)
-            if name.startswith('blocks.'):
-                if name.split('.')[1] in adapter.orthogonal_towers:
-                    param.copy_(0.3 * scale * noise)
-                else:
-                    param.add_(0.1 * scale * noise)
+            if name.startswith('generators.'):
+                param.copy_(0.3 * scale * noise)
+            elif name.startswith('blocks.'):
+                param.add_(0.1 * scale * noise)
             elif name.endswith('alpha'):
                 param.copy_(0.5 * scale * noise)
             elif name.endswith(('s3', 's4')):

@@ -339,3 +339,24 @@ def test_adapter_type_from_registry():
     assert bb.adapter.state_dict().keys() == ref.adapter.state_dict().keys()
     with pytest.raises(KeyError, match="'NoSuchAdapter' is not registered"):
         make_backbone(adapter=dict(ADAPTER, type='NoSuchAdapter'))
+
+
+def test_checkpoint_with_generators_under_their_old_name():
+    """Earlier versions stored the text tower's Cayley generators as ``adapter.blocks.text``:
+    the tools' key check accepts such a checkpoint and it loads to the same model."""
+    from mmseg_hclip.apis import CheckpointMismatchError, check_state_dict
+    bb = make_backbone()
+    perturb_adapter(bb)
+    state = bb.state_dict()
+    assert 'adapter.generators.text' in state and 'adapter.blocks.text' not in state
+    old = {k.replace('adapter.generators.', 'adapter.blocks.'): v.clone() for k, v in state.items()}
+    other = make_backbone(seed=3)
+    check_state_dict(other, old)
+    assert 'adapter.blocks.text' in old  # the check does not change the caller's dict
+    other.load_state_dict(old, strict=True)
+    assert torch.equal(other.adapter.generators['text'], state['adapter.generators.text'])
+    # a misspelt key is still a mismatch
+    bad = dict(old)
+    bad['adapter.blocks.txt'] = bad.pop('adapter.blocks.text')
+    with pytest.raises(CheckpointMismatchError, match='adapter.generators.text'):
+        check_state_dict(other, bad)

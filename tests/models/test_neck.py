@@ -91,7 +91,7 @@ def test_cache_follows_loaded_weights(backbone):
     with torch.no_grad():
         before = neck(backbone, ['cat', 'dog'], backbone.adapted_weights())
         state = {k: v.clone() for k, v in backbone.state_dict().items()}
-        state['adapter.blocks.text'] += 0.1 * torch.randn_like(state['adapter.blocks.text'])
+        state['adapter.generators.text'] += 0.1 * torch.randn_like(state['adapter.generators.text'])
         backbone.load_state_dict(state)
         after = neck(backbone, ['cat', 'dog'], backbone.adapted_weights())
     assert neck.num_encodes == 2

@@ -70,7 +70,7 @@ def test_one_training_step_changes_only_trainable_parameters():
     assert torch.isfinite(log['loss'])
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= trainable, sorted(changed - trainable)
-    assert {'backbone.adapter.blocks.image', 'backbone.adapter.blocks.text'} <= changed
+    assert {'backbone.adapter.blocks.image', 'backbone.adapter.generators.text'} <= changed
     assert any(n.startswith('decode_head.') for n in changed)
     assert not model.backbone.merged
 
@@ -332,7 +332,7 @@ def test_bf16_autocast_training_step():
     loss.float().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert model.backbone.adapter.blocks['text'].grad.abs().sum() > 0
+    assert model.backbone.adapter.generators['text'].grad.abs().sum() > 0
 
 
 def test_bad_inputs():

@@ -20,7 +20,7 @@ def reference_blocks(adapter) -> Dict[str, Tensor]:
     """tower -> final blocks ``[L_t, n_targets, b_t, q, q]`` from :func:`reference.final_blocks`."""
     q, n_t = adapter.block_size, len(adapter.targets)
     raw = {
-        tower: adapter.blocks[tower].reshape(spec.num_layers, n_t, spec.width // q, q, q)
+        tower: adapter.raw_parameters()[tower].reshape(spec.num_layers, n_t, spec.width // q, q, q)
         for tower, spec in adapter.towers.items()
     }
     params, activation = None, 'gelu'

@@ -58,7 +58,7 @@ def _reference_model(clip, adapter):
 def _raw_blocks(adapter):
     """tower -> the stored blocks as ``[L_t, n_targets, b_t, q, q]`` (layer, target, block)."""
     q, n_t = adapter.block_size, len(adapter.targets)
-    return {t: adapter.blocks[t].reshape(s.num_layers, n_t, s.width // q, q, q)
+    return {t: adapter.raw_parameters()[t].reshape(s.num_layers, n_t, s.width // q, q, q)
             for t, s in adapter.towers.items()}
 
 
@@ -143,7 +143,7 @@ def test_different_depth_slots_padding_and_reference():
     assert (q, S, M) == (Q, 2 + 4, 4 * 3)
     # text layers 0, 1 sit at layer slots 0 and 2 (last layers aligned); slot 1 is padding
     assert torch.count_nonzero(T[:, :, :2, 4:8]) == 0
-    torch.testing.assert_close(T[:, :, 0, 8 + 3], adapter.blocks['text'][4 + 3, 0].detach())
+    torch.testing.assert_close(T[:, :, 0, 8 + 3], adapter.generators['text'][4 + 3, 0].detach())
     for name, w in reference_weights(adapter, clip).items():
         torch.testing.assert_close(adapter(clip)[name], w, atol=2e-5, rtol=1e-4)
     reference = _reference_model(clip, adapter)
@@ -178,7 +178,7 @@ def test_weight_names_state_dict_and_tower_selection(base_clip):
     assert set(weights) == expected
     for name, w in weights.items():
         assert w.shape == params[name].shape
-    assert all(k.startswith(('blocks.', 'dcrc.')) for k in adapter.state_dict())
+    assert all(k.startswith(('blocks.image', 'generators.text', 'dcrc.')) for k in adapter.state_dict())
     assert set(adapter(base_clip, towers='text')) == {n for n in expected if
                                                      n.startswith('transformer.')}
     with pytest.raises(ValueError, match='unknown tower'):
@@ -207,7 +207,7 @@ def test_gradients_reach_only_adapter_parameters(clip, inputs):
     adapter = randomize(HCLIPAdapter(clip, block_size=Q, train='dcrc_only'), scale=0.5)
     image_f, text_f = _features(clip, inputs, adapter(clip))
     (image_f @ text_f.T).square().sum().backward()
-    assert all(p.grad is None for p in adapter.blocks.parameters())
+    assert all(p.grad is None for p in adapter.raw_parameters().values())
     assert all(p.grad is not None for p in adapter.dcrc.parameters())
     assert all(p.grad is None for p in clip.parameters())
 
@@ -336,6 +336,25 @@ def test_state_dict_round_trip(base_clip, inputs):
     clone.load_state_dict(adapter.state_dict())
     for name, w in adapter(base_clip).items():
         assert torch.equal(w, clone(base_clip)[name])
+
+
+def test_checkpoints_with_the_old_parameter_names_load(base_clip):
+    """Earlier versions kept the Cayley generators P under ``blocks.<tower>``; they now live
+    under ``generators.<tower>`` and old state dicts load into the new names (a pre-hook)."""
+    adapter = randomize(HCLIPAdapter(base_clip, block_size=Q, orthogonal='all'))
+    state = adapter.state_dict()
+    assert {'generators.text', 'generators.image'} <= set(state)
+    assert not any(k.startswith('blocks.') for k in state)
+    old = {k.replace('generators.', 'blocks.'): v.clone() for k, v in state.items()}
+    clone = HCLIPAdapter(base_clip, block_size=Q, orthogonal='all')
+    clone.load_state_dict(old)  # strict
+    for name, w in adapter(base_clip).items():
+        assert torch.equal(w, clone(base_clip)[name])
+    pof = HCLIPAdapter(base_clip, block_size=Q)  # text generators, image blocks
+    assert {'generators.text', 'blocks.image'} <= set(pof.state_dict())
+    pof.load_state_dict({k: v for k, v in old.items() if k != 'blocks.image'} |
+                        {'blocks.image': torch.eye(Q).expand(8, 4, Q, Q).clone()})
+    assert torch.equal(pof.generators['text'], adapter.generators['text'])
 
 
 def test_frozen_cache_follows_weight_changes(clip, inputs):

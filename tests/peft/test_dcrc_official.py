@@ -66,7 +66,7 @@ def _authors_tensor(adapter):
     S, M = adapter.num_slices, adapter.num_positions
     R = torch.zeros(q, q, M, S, dtype=torch.float64)
     for tower, offset in (('text', 0), ('image', b_text)):
-        blocks = adapter.blocks[tower].detach().double()  # [M, b, q, q], position-major
+        blocks = adapter.raw_parameters()[tower].detach().double()  # [M, b, q, q], position-major
         for m in range(M):
             for i in range(blocks.shape[1]):
                 R[:, :, m, offset + i] = blocks[m, i]

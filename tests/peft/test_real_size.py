@@ -16,7 +16,7 @@ def test_vit_l14_structure_on_meta_device():
     T = adapter.dcrc_tensor()
     assert T.shape == (128, 128, 768 // 128 + 1024 // 128, 4 * 24)
     assert adapter.blocks['image'].shape == (4 * 24, 8, 128, 128)
-    assert adapter.blocks['text'].shape == (4 * 12, 6, 128, 128)
+    assert adapter.generators['text'].shape == (4 * 12, 6, 128, 128)
     weights = adapter(clip)
     params = dict(clip.named_parameters())
     assert len(weights) == 2 * (24 + 12)

@@ -320,7 +320,7 @@ def test_hclip_official_conversion_matches_the_authors_formulation(tmp_path):
     converted = init_model(config, str(out))
     adapter = converted.backbone.adapter
     # the stored blocks are the source tensor's slices: text first, then image
-    assert torch.equal(adapter.blocks['text'], T.permute(2, 3, 0, 1)[:, :4])
+    assert torch.equal(adapter.generators['text'], T.permute(2, 3, 0, 1)[:, :4])
     assert torch.equal(adapter.blocks['image'], T.permute(2, 3, 0, 1)[:, 4:])
     assert torch.equal(adapter.dcrc.s4, S4) and torch.equal(adapter.dcrc.s3, torch.stack(S3))
     # the CLIP and head weights are the source model's

@@ -15,8 +15,8 @@ towers references to three shared parameters, so a checkpoint holds 24 copies of
 plus two scalar buffers per OFT layer (``to_qkv_oft[_vision]``, ``to_out_oft[_vision]``:
 ``cross_attention_dim``, ``hidden_size``, the tower width), the CLIP (``in_proj_weight``
 unsplit) and CAT-Seg's head. Our ``HCLIPAdapter`` stores ``T`` as ``[M, S, q, q]`` split per
-tower (``blocks.text``, ``blocks.image``) and the maps as ``dcrc.s3`` ``[12, 10, 10]`` and
-``dcrc.s4``, with the same meaning (``configs/hclip_vitb16_coco-stuff_official.py``:
+tower (``generators.text``: the orthogonal text tower's generators; ``blocks.image``) and
+the maps as ``dcrc.s3`` ``[12, 10, 10]`` and ``dcrc.s4``, with the same meaning (``configs/hclip_vitb16_coco-stuff_official.py``:
 ``sides='official'``, ``dcrc='linear'``, ``dcrc_per_layer=True``,
 ``cayley_convention='official'``)::
 
@@ -111,7 +111,8 @@ def map_oft(mapper: KeyMapper, adapter, widths) -> None:
     start = 0
     for name in DCRC_TOWER_ORDER:
         b = adapter.towers[name].width // q
-        mapper.put(f'backbone.adapter.blocks.{name}', stored[:, start:start + b].contiguous())
+        kind = 'generators' if name in adapter.orthogonal_towers else 'blocks'
+        mapper.put(f'backbone.adapter.{kind}.{name}', stored[:, start:start + b].contiguous())
         start += b
     mapper.put('backbone.adapter.dcrc.s3', torch.stack(S3))
     mapper.put('backbone.adapter.dcrc.s4', S4)
