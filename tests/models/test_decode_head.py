@@ -570,9 +570,15 @@ def test_spatial_aggregation_fast_equals_reference(dtype, tol, hw, guided):
         agg.impl = impl
         out = agg(x, guid)
         results[impl] = [out] + _grads_of(agg, leaves, out)
-    for i, (f, r) in enumerate(zip(results['fast'], results['reference'])):
-        if r.norm() > 1e-12:  # the key bias of softmax attention has no gradient
-            _assert_rel(f, r, tol, f'tensor {i}')
+    names = ['out', 'x', 'guidance'][:len(leaves) + 1] + [
+        n for n, p in agg.named_parameters() if p.requires_grad]
+    for name, f, r in zip(names, results['fast'], results['reference']):
+        if name.endswith('.k.bias'):
+            # the key bias adds the same q·b_k to every logit of a query: no gradient
+            # (both paths give rounding noise, compared with the output's scale)
+            assert max(f.abs().max(), r.abs().max()) <= tol * results['reference'][0].abs().max()
+        else:
+            _assert_rel(f, r, tol, name)
 
 
 @pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-12), (torch.float32, 1e-6)])

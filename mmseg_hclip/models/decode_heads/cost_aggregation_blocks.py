@@ -155,22 +155,32 @@ class GuidedWindowMSA(BaseModule):
         h = self.num_heads
 
         def project(linear: nn.Linear) -> Tensor:
-            out = F.linear(x, linear.weight[:, :c], linear.bias)
             if self.guidance_dims and guidance is not None:
-                # out of place: an in-place add on the linear's output (a view) costs
-                # autograd a clone of the whole gradient in backward
-                out = out + F.linear(guidance, linear.weight[:, c:]).unsqueeze(1)
-            return out
+                # the bias goes with the per-image guidance term, so the per-class map is
+                # a plain product (addmm would first copy the bias into the whole output);
+                # out of place: an in-place add on the product (a view) costs autograd a
+                # clone of the whole gradient in backward
+                return F.linear(x, linear.weight[:, :c]) + F.linear(
+                    guidance, linear.weight[:, c:], linear.bias).unsqueeze(1)
+            return F.linear(x, linear.weight[:, :c], linear.bias)
 
         def heads(z: Tensor) -> Tensor:
             return z.view(b * t * nw, n, h, c // h).transpose(1, 2)
 
+        dropout = self.attn_drop if self.training else 0.
+        # the attention weights of a query sum to 1, so v's bias passes through the
+        # attention unchanged and joins the projection's bias: W_o (A(XW_vᵀ) + b_v) + b_o
+        # = W_o A(XW_vᵀ) + (W_o b_v + b_o) (not with attention dropout)
+        fold_v_bias = self.v.bias is not None and dropout == 0
+        v = F.linear(x, self.v.weight) if fold_v_bias else self.v(x)
         q = project(self.q)
         out = F.scaled_dot_product_attention(
-            heads(q), heads(project(self.k)), heads(self.v(x)),
-            attn_mask=None if mask is None else mask.to(q.dtype),
-            dropout_p=self.attn_drop if self.training else 0.)
+            heads(q), heads(project(self.k)), heads(v),
+            attn_mask=None if mask is None else mask.to(q.dtype), dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, t, nw, n, c)
+        if fold_v_bias:
+            bias = F.linear(self.v.bias, self.proj.weight, self.proj.bias)
+            return self.proj_drop(F.linear(out, self.proj.weight, bias))
         return self.proj_drop(self.proj(out))
 
 
