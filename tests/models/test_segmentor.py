@@ -375,8 +375,8 @@ def test_reference_configs(name, arch, size, guidance, width):
     assert m.data_preprocessor.bgr_to_rgb
     assert m.test_cfg.mode == 'reference' and tuple(m.test_cfg.resize_to) == (640, 640)
     assert tuple(m.test_cfg.crop_size) == (384, 384) and tuple(m.test_cfg.stride) == (256, 256)
-    assert [h.type for h in cfg.custom_hooks] == ['VocabularyHook', 'HypersphericalEnergyHook',
-                                                  'ModelSettingsHook']
+    assert [h.type for h in cfg.custom_hooks] == ['CPUAllocatorHook', 'VocabularyHook',
+                                                  'HypersphericalEnergyHook', 'ModelSettingsHook']
 
 
 @pytest.mark.slow

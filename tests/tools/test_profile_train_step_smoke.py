@@ -1,6 +1,6 @@
 """tools/analysis/profile_train_step.py on the tiny config: every part is timed with its
-load average, both head impls and the bf16 path are reported, the operator tables and the
-bf16 accuracy are filled (no timing assertions)."""
+load average, every setup (head impl x allocator mode) and the bf16 path are reported, the
+operator tables and the bf16 accuracy are filled (no timing assertions)."""
 import importlib.util
 import os.path as osp
 
@@ -30,10 +30,13 @@ def result(tmp_path_factory):
 
 def test_every_part_timed_with_its_load(result):
     res, _ = result
-    parts = {'step[fast]', 'step[reference]', 'text_tower', 'image_tower', 'head[fast]',
-             'head[reference]', 'head_inference[fast]', 'head_inference[reference]',
-             'adapter_weights', 'step[fast, bf16]', 'text_tower[bf16]', 'image_tower[bf16]',
-             'head[fast, bf16]', 'head_inference[fast, bf16]'}
+    setups = ('fast, keep', 'fast, default', 'reference, default')
+    parts = {f'{part}[{s}]' for part in ('step', 'head', 'head_inference') for s in setups}
+    parts |= {f'{tower}[{a}]' for tower in ('text_tower', 'image_tower')
+              for a in ('keep', 'default')}
+    parts |= {'adapter_weights[keep]', 'step[fast, keep, bf16]', 'text_tower[keep, bf16]',
+              'image_tower[keep, bf16]', 'head[fast, keep, bf16]',
+              'head_inference[fast, keep, bf16]'}
     assert set(res['times']) == parts
     for name, times in res['times'].items():
         assert len(times) == 1 and times[0] > 0, name
@@ -47,9 +50,11 @@ def test_bf16_accuracy_and_operator_tables(result):
     acc = res['accuracy']
     assert 0 < acc['train_logits_rel_l2'] < 0.1 and 0 <= acc['loss_rel'] < 0.05
     assert 0 <= acc['eval_argmax_agreement'] <= 1
-    assert set(res['ops']) == {'fast', 'reference'}
+    assert set(res['ops']) == {'fast, keep', 'fast, default', 'reference, default'}
     assert all(len(t['rows']) == 4 for t in res['ops'].values())
-    for heading in ('## Ratios (same run)', 'head[fast] ÷ (text tower + image tower)',
-                    'head[reference] ÷ (text tower + image tower)', '## Peak memory',
-                    '## bf16 autocast vs fp32', '## Operators of head[fast]'):
+    for heading in ('## Ratios (same run)', 'head[fast, keep] ÷ (text tower + image tower)[keep]',
+                    'head[reference, default] ÷ (text tower + image tower)[default]',
+                    '[fast, keep] ÷ [reference, default]: step', '## Peak memory',
+                    'fast ÷ reference', '## bf16 autocast vs fp32',
+                    '## Operators of head[fast, keep]'):
         assert heading in text

@@ -3,21 +3,31 @@
 Random weights (pretrained=None), batch 1; by default the reference setting: 384x384 input,
 171 classes (COCO-Stuff), the reference head (class aggregation padded to 256 classes).
 
+A *setup* is a head ``impl`` (``fast``, the default, or ``reference``, CAT-Seg's order of
+operations) and a CPU allocator mode (``keep``: freed memory reused, the default of our
+configs' ``CPUAllocatorHook``; ``default``: glibc's, large blocks mapped and page-faulted in
+again; :mod:`mmseg_hclip.utils.cpu_allocator`), written ``impl:allocator``. The default setups
+``fast:keep fast:default reference:default`` give the current path, the current head without
+the allocator setting, and the path before both, in the same interleaved rounds (the
+allocator is switched before every run; the heap grown by ``keep`` stays while ``default``
+runs).
+
 Parts, each forward + backward unless named otherwise:
 
-* ``step[impl]``: the whole training step (``segmentor.loss`` + backward) with the head's
-  ``impl`` (``fast``, the default, and ``reference``, CAT-Seg's order of operations);
-* ``text_tower``: one prompt per class through the tuned text tower (incl. adapter weights);
-* ``image_tower``: the dense image forward (incl. adapter weights);
-* ``head[impl]``: cost aggregation + decoder + BCE loss on detached features;
-* ``head_inference[impl]``: the head's eval forward alone (no gradient; 1x1 class pooling),
-  as in inference with cached text embeddings;
-* ``adapter_weights``: the adapter's weights alone;
-* with ``--bf16``: ``step``, towers and head again under CPU autocast (bfloat16), and the
-  logit/loss differences of that path against fp32.
+* ``step[impl, allocator]``: the whole training step (``segmentor.loss`` + backward);
+* ``text_tower[allocator]``: one prompt per class through the tuned text tower (incl.
+  adapter weights);
+* ``image_tower[allocator]``: the dense image forward (incl. adapter weights);
+* ``head[impl, allocator]``: cost aggregation + decoder + BCE loss on detached features;
+* ``head_inference[impl, allocator]``: the head's eval forward alone (no gradient; 1x1 class
+  pooling), as in inference with cached text embeddings;
+* ``adapter_weights[allocator]``: the adapter's weights alone;
+* with ``--bf16``: ``step``, towers and head again under CPU autocast (bfloat16) with the
+  first setup, and the logit/loss differences of that path against fp32.
 
     python tools/analysis/profile_train_step.py [--repeats 3] [--threads N] \\
-        [--img-size 384] [--classes 171] [--pad-len 256] [--impls fast reference] \\
+        [--img-size 384] [--classes 171] [--pad-len 256] \\
+        [--setups fast:keep fast:default reference:default] \\
         [--bf16] [--ops 25] [--out docs/profile_train_step.md]
 
 Each part runs ``--warmup`` untimed times, then ``--repeats`` timed times in interleaved
@@ -44,6 +54,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 
 import mmseg_hclip  # noqa: F401
+from mmseg_hclip.utils.cpu_allocator import ALLOCATOR_MODES, set_cpu_allocator
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 THIS = osp.abspath(__file__)  # before anything can change the working directory
@@ -70,6 +81,17 @@ def class_names(n):
             for i in range(n)]
 
 
+def parse_setup(text):
+    """``'fast:keep'`` → ``('fast', 'keep')``; the allocator defaults to ``keep``."""
+    impl, _, alloc = text.partition(':')
+    alloc = alloc or 'keep'
+    if impl not in ('fast', 'reference') or alloc not in ALLOCATOR_MODES:
+        raise argparse.ArgumentTypeError(
+            f'setup {text!r}: write impl:allocator with impl fast | reference and allocator '
+            f'{" | ".join(ALLOCATOR_MODES)}, e.g. fast:keep')
+    return impl, alloc
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', default=osp.join(ROOT, 'configs/_base_/models/hclip_vitb16.py'))
@@ -78,8 +100,10 @@ def parse_args(argv=None):
     parser.add_argument('--classes', type=int, default=171, help='vocabulary size')
     parser.add_argument('--pad-len', type=int, default=None,
                         help='head pad_len (default: the config\'s, 256)')
-    parser.add_argument('--impls', nargs='+', default=['fast', 'reference'],
-                        choices=['fast', 'reference'], help='head impls to time')
+    parser.add_argument('--setups', nargs='+', type=parse_setup,
+                        default=[('fast', 'keep'), ('fast', 'default'), ('reference', 'default')],
+                        help='impl:allocator pairs to time (impl: fast | reference; allocator: '
+                        'keep | default); the last one is the baseline of the ratios')
     parser.add_argument('--bf16', action='store_true',
                         help='also time the bfloat16 autocast path and report its accuracy')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
@@ -122,7 +146,10 @@ def main(argv=None):
     sample.set_metainfo(dict(img_shape=size, pad_shape=size, ori_shape=size))
     bb, neck, head = model.backbone, model.neck, model.decode_head
     has_impl = hasattr(head, 'impl')
-    impls = args.impls if has_impl else ['(single)']
+    setups = list(dict.fromkeys(args.setups if has_impl else
+                                [('(single)', a) for _, a in args.setups]))
+    impls = list(dict.fromkeys(impl for impl, _ in setups))
+    allocs = list(dict.fromkeys(alloc for _, alloc in setups))
 
     def zero():
         model.zero_grad(set_to_none=True)
@@ -186,22 +213,32 @@ def main(argv=None):
         sum(v.sum() for v in w.values()).backward()
     adapter_only.zero_grad = zero
 
+    def under(alloc, fn):
+        """``fn`` run with the allocator in mode ``alloc``."""
+        def run():
+            set_cpu_allocator(alloc, release=False)
+            fn()
+        run.zero_grad = getattr(fn, 'zero_grad', lambda: None)
+        return run
+
     parts = {}
-    for impl in impls:
-        parts[f'step[{impl}]'] = step_fn(impl)
-    parts['text_tower'] = text_fn()
-    parts['image_tower'] = image_fn()
-    for impl in impls:
-        parts[f'head[{impl}]'] = head_fn(impl)
-    for impl in impls:
-        parts[f'head_inference[{impl}]'] = infer_fn(impl)
-    parts['adapter_weights'] = adapter_only
+    for impl, alloc in setups:
+        parts[f'step[{impl}, {alloc}]'] = under(alloc, step_fn(impl))
+    for alloc in allocs:
+        parts[f'text_tower[{alloc}]'] = under(alloc, text_fn())
+        parts[f'image_tower[{alloc}]'] = under(alloc, image_fn())
+    for impl, alloc in setups:
+        parts[f'head[{impl}, {alloc}]'] = under(alloc, head_fn(impl))
+    for impl, alloc in setups:
+        parts[f'head_inference[{impl}, {alloc}]'] = under(alloc, infer_fn(impl))
+    parts[f'adapter_weights[{allocs[0]}]'] = under(allocs[0], adapter_only)
     if args.bf16:
-        parts[f'step[{impls[0]}, bf16]'] = step_fn(impls[0], True)
-        parts['text_tower[bf16]'] = text_fn(True)
-        parts['image_tower[bf16]'] = image_fn(True)
-        parts[f'head[{impls[0]}, bf16]'] = head_fn(impls[0], True)
-        parts[f'head_inference[{impls[0]}, bf16]'] = infer_fn(impls[0], True)
+        impl, alloc = setups[0]
+        parts[f'step[{impl}, {alloc}, bf16]'] = under(alloc, step_fn(impl, True))
+        parts[f'text_tower[{alloc}, bf16]'] = under(alloc, text_fn(True))
+        parts[f'image_tower[{alloc}, bf16]'] = under(alloc, image_fn(True))
+        parts[f'head[{impl}, {alloc}, bf16]'] = under(alloc, head_fn(impl, True))
+        parts[f'head_inference[{impl}, {alloc}, bf16]'] = under(alloc, infer_fn(impl, True))
 
     # the 1-minute load average at the start of every timed run of every part
     loads = {name: [] for name in parts}
@@ -228,20 +265,25 @@ def main(argv=None):
         loads[name] = loads[name][len(loads[name]) - len(times[name]):]
     memory = {}
     if not args.no_memory:
+        # live tensor bytes do not depend on the allocator: one pass per impl
         for impl in impls:
+            alloc = next(a for i, a in setups if i == impl)
             print(f'peak memory of step[{impl}] ...', file=sys.stderr, flush=True)
-            memory[f'step[{impl}]'] = (peak_memory(parts[f'step[{impl}]'], 'cpu'),
+            memory[f'step[{impl}]'] = (peak_memory(parts[f'step[{impl}, {alloc}]'], 'cpu'),
                                        os.getloadavg()[0])
         if args.bf16:
-            name = f'step[{impls[0]}, bf16]'
-            memory[name] = (peak_memory(parts[name], 'cpu'), os.getloadavg()[0])
+            impl, alloc = setups[0]
+            memory[f'step[{impl}, bf16]'] = (
+                peak_memory(parts[f'step[{impl}, {alloc}, bf16]'], 'cpu'), os.getloadavg()[0])
     accuracy = bf16_accuracy(model, inputs, sample) if args.bf16 else None
     ops = {}
     if args.ops:
-        for impl in impls:
-            print(f'operator profile of head[{impl}] ...', file=sys.stderr, flush=True)
-            ops[impl] = op_table(head_fn(impl), args.ops)
+        for impl, alloc in setups:
+            name = f'{impl}, {alloc}'
+            print(f'operator profile of head[{name}] ...', file=sys.stderr, flush=True)
+            ops[name] = op_table(under(alloc, head_fn(impl)), args.ops)
     use(impls[0])
+    set_cpu_allocator('default')  # glibc's behaviour again (this may run inside tests)
     load_after = os.getloadavg()
     res = {k: statistics.median(v) for k, v in times.items()}
     command = 'python ' + ' '.join([osp.relpath(THIS, ROOT)] +
@@ -255,7 +297,7 @@ def main(argv=None):
         threads=torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats,
         order='one after another' if args.sequential else 'in interleaved rounds',
         load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
-        cpu=_cpu_model(), torch=torch.__version__, impls=impls)
+        cpu=_cpu_model(), torch=torch.__version__, setups=setups)
     report = render(command, settings, times, res, loads, memory, accuracy, ops)
     print(report)
     if args.out:
@@ -346,22 +388,31 @@ def render(command, s, times, res, loads, memory, accuracy, ops):
     for k, v in res.items():
         lines.append(f"| {k} | {v:.2f} | {', '.join(f'{t:.2f}' for t in times[k])} | "
                      f'{_loads(loads.get(k))} |')
-    towers = res['text_tower'] + res['image_tower']
+    def towers(alloc, suffix=''):
+        return res[f'text_tower[{alloc}{suffix}]'] + res[f'image_tower[{alloc}{suffix}]']
+
+    setups = s['setups']
     lines += ['', '## Ratios (same run)', '']
-    for impl in s['impls']:
-        lines.append(f"- head[{impl}] ÷ (text tower + image tower): "
-                     f"{res[f'head[{impl}]']:.2f} / {towers:.2f} = "
-                     f"**{res[f'head[{impl}]'] / towers:.2f}**")
-    if 'fast' in s['impls'] and 'reference' in s['impls']:
-        for part in ('step', 'head', 'head_inference'):
-            lines.append(f'- {part}[fast] ÷ {part}[reference]: '
-                         f"**{res[f'{part}[fast]'] / res[f'{part}[reference]']:.2f}**")
-    if 'step[fast, bf16]' in res:
-        lines.append(f"- bf16 autocast ÷ fp32 (fast): step "
-                     f"{res['step[fast, bf16]'] / res['step[fast]']:.2f}, head "
-                     f"{res['head[fast, bf16]'] / res['head[fast]']:.2f}, head inference "
-                     f"{res['head_inference[fast, bf16]'] / res['head_inference[fast]']:.2f}, "
-                     f"towers {(res['text_tower[bf16]'] + res['image_tower[bf16]']) / towers:.2f}")
+    for impl, alloc in setups:
+        name = f'{impl}, {alloc}'
+        lines.append(f"- head[{name}] ÷ (text tower + image tower)[{alloc}]: "
+                     f"{res[f'head[{name}]']:.2f} / {towers(alloc):.2f} = "
+                     f"**{res[f'head[{name}]'] / towers(alloc):.2f}**")
+    base = ', '.join(setups[-1])
+    for impl, alloc in setups[:-1]:
+        name = f'{impl}, {alloc}'
+        lines.append(f'- [{name}] ÷ [{base}]: ' + ', '.join(
+            f"{part} **{res[f'{part}[{name}]'] / res[f'{part}[{base}]']:.2f}**"
+            for part in ('step', 'head', 'head_inference')) +
+            f', towers {towers(alloc) / towers(setups[-1][1]):.2f}')
+    impl, alloc = setups[0]
+    name = f'{impl}, {alloc}'
+    if f'step[{name}, bf16]' in res:
+        lines.append(f"- bf16 autocast ÷ fp32 ({name}): step "
+                     f"{res[f'step[{name}, bf16]'] / res[f'step[{name}]']:.2f}, head "
+                     f"{res[f'head[{name}, bf16]'] / res[f'head[{name}]']:.2f}, head inference "
+                     f"{res[f'head_inference[{name}, bf16]'] / res[f'head_inference[{name}]']:.2f}"
+                     f", towers {towers(alloc, ', bf16') / towers(alloc):.2f}")
     if memory:
         lines += ['', '## Peak memory of one step', '',
                   '| step | peak live tensors (MiB) | load |', '| --- | ---: | ---: |']
