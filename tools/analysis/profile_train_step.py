@@ -8,9 +8,10 @@ operations) and a CPU allocator mode (``keep``: freed memory reused, the default
 configs' ``CPUAllocatorHook``; ``default``: glibc's, large blocks mapped and page-faulted in
 again; :mod:`mmseg_hclip.utils.cpu_allocator`), written ``impl:allocator``. The default setups
 ``fast:keep fast:default reference:default`` give the current path, the current head without
-the allocator setting, and the path before both, in the same interleaved rounds (the
-allocator is switched before every run; the heap grown by ``keep`` stays while ``default``
-runs).
+the allocator setting, and the path before both, in the same interleaved rounds: each round
+runs every allocator mode's parts together, switched outside the timing (``default`` first
+hands the heap back, so that its large blocks are mapped afresh as under glibc's own
+settings; ``keep`` regrows its heap with one untimed step).
 
 Parts, each forward + backward unless named otherwise:
 
@@ -38,6 +39,7 @@ Peak memory: live tensor bytes during one step, from the profiler's allocator ev
 """
 import argparse
 import contextlib
+import gc
 import json
 import os
 import os.path as osp
@@ -59,7 +61,7 @@ from mmseg_hclip.utils.cpu_allocator import ALLOCATOR_MODES, set_cpu_allocator
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 THIS = osp.abspath(__file__)  # before anything can change the working directory
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_peft import interleaved_times, peak_memory  # noqa: E402
+from benchmark_peft import peak_memory  # noqa: E402
 
 
 def timed(fn, repeats, warmup=1):
@@ -213,15 +215,10 @@ def main(argv=None):
         sum(v.sum() for v in w.values()).backward()
     adapter_only.zero_grad = zero
 
-    def under(alloc, fn):
-        """``fn`` run with the allocator in mode ``alloc``."""
-        def run():
-            set_cpu_allocator(alloc, release=False)
-            fn()
-        run.zero_grad = getattr(fn, 'zero_grad', lambda: None)
-        return run
+    parts, alloc_of = {}, {}  # name -> fn, name -> the allocator mode it runs under
 
-    parts = {}
+    def under(alloc, fn):
+        return alloc, fn
     for impl, alloc in setups:
         parts[f'step[{impl}, {alloc}]'] = under(alloc, step_fn(impl))
     for alloc in allocs:
@@ -240,6 +237,11 @@ def main(argv=None):
         parts[f'head[{impl}, {alloc}, bf16]'] = under(alloc, head_fn(impl, True))
         parts[f'head_inference[{impl}, {alloc}, bf16]'] = under(alloc, infer_fn(impl, True))
 
+    alloc_of = {name: alloc for name, (alloc, _) in parts.items()}
+    parts = {name: fn for name, (_, fn) in parts.items()}
+    impl, alloc = setups[0]
+    warm = step_fn(impl)  # grows the heap that the 'keep' parts reuse (untimed)
+
     # the 1-minute load average at the start of every timed run of every part
     loads = {name: [] for name in parts}
 
@@ -255,12 +257,13 @@ def main(argv=None):
         times = {}
         for name, fn in parts.items():
             print(f'timing {name} ...', file=sys.stderr, flush=True)
+            switch_allocator(alloc_of[name], warm)
             times[name] = timed(with_load(name, fn), args.repeats, args.warmup)
     else:
         print(f'timing {len(parts)} parts x {args.repeats} interleaved rounds ...',
               file=sys.stderr, flush=True)
-        times = interleaved_times({k: with_load(k, f) for k, f in parts.items()}, args.repeats,
-                                  args.warmup, 'cpu')
+        times = allocator_rounds({k: with_load(k, f) for k, f in parts.items()}, alloc_of,
+                                 args.repeats, args.warmup, warm)
     for name in loads:  # drop the warm-up runs' readings
         loads[name] = loads[name][len(loads[name]) - len(times[name]):]
     memory = {}
@@ -281,7 +284,8 @@ def main(argv=None):
         for impl, alloc in setups:
             name = f'{impl}, {alloc}'
             print(f'operator profile of head[{name}] ...', file=sys.stderr, flush=True)
-            ops[name] = op_table(under(alloc, head_fn(impl)), args.ops)
+            switch_allocator(alloc, warm)
+            ops[name] = op_table(head_fn(impl), args.ops)
     use(impls[0])
     set_cpu_allocator('default')  # glibc's behaviour again (this may run inside tests)
     load_after = os.getloadavg()
@@ -306,6 +310,36 @@ def main(argv=None):
             f.write(report)
     return dict(settings=settings, times=times, loads=loads, memory=memory,
                 accuracy=accuracy, ops=ops)
+
+
+def switch_allocator(mode, warm):
+    """Set the allocator mode. ``default`` hands the free heap back to the kernel, so that
+    large blocks are mapped afresh as under glibc's own settings (a grown heap would serve
+    them); ``keep`` then grows the heap again with one untimed ``warm()`` (a whole step)."""
+    set_cpu_allocator(mode)
+    if mode == 'keep':
+        getattr(warm, 'zero_grad', lambda: None)()
+        warm()
+
+
+def allocator_rounds(parts, alloc_of, repeats, warmup, warm):
+    """Like ``benchmark_peft.interleaved_times``, with the allocator switched outside the
+    timing: every round runs the modes in turn (rotating), each mode's parts once
+    (rotating); the first ``warmup`` rounds are not timed."""
+    modes = list(dict.fromkeys(alloc_of.values()))
+    times = {name: [] for name in parts}
+    for r in range(warmup + repeats):
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            switch_allocator(mode, warm)
+            names = [n for n in parts if alloc_of[n] == mode]
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                getattr(parts[name], 'zero_grad', lambda: None)()
+                gc.collect()
+                start = time.perf_counter()
+                parts[name]()
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _cpu_model():
