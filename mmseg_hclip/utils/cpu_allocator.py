@@ -11,8 +11,11 @@ once freed memory was kept (``tools/analysis/profile_train_step.py``, docs/profi
 ``set_cpu_allocator('keep')`` makes glibc serve every block from its heap (``M_MMAP_MAX = 0``)
 and never return the heap's free top to the kernel (``M_TRIM_THRESHOLD = -1``): memory that a
 step frees is reused by the next step without page faults. The cost: the process keeps its
-peak heap until it exits (its resident size does not shrink after a peak). Numbers do not
-change (only where tensors live). ``'default'`` restores glibc's behaviour for large blocks
+peak heap until it exits (its resident size does not shrink after a peak), and reuse leaves
+gaps: a whole ViT-B/16 training step (384², 171 classes) peaked at 10.3 GiB resident instead
+of 7.7 GiB, stable from the second of 8 steps, while the steps took 15.6–16.9 s instead of
+24.2–25.6 s on this project's 2-core machine. Numbers do not change (only where tensors
+live). ``'default'`` restores glibc's behaviour for large blocks
 (mmap above 32 MiB, the threshold glibc itself settles at) and hands the free heap back
 (``malloc_trim``). Other C libraries (musl, macOS, Windows): nothing is changed.
 
