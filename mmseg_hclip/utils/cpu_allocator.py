@@ -5,8 +5,8 @@ threshold (which it raises to at most 32 MiB) with a fresh ``mmap`` and returns 
 kernel on ``free``. So each large tensor of each training step is new memory, and the kernel
 zeroes it page by page on first touch. A ViT-B/16 training step at 384² with 171 classes
 allocates and frees about 14 GB that way: 3.6 million page faults per cost-aggregation-head
-step on this project's 2-core machine, where the head's forward + backward took 0.6× the time
-once freed memory was kept (``tools/analysis/profile_train_step.py``, docs/profile_train_step.md).
+step on this project's 2-core machine, where the head's forward + backward took 0.6–0.7× the
+time once freed memory was kept (``tools/analysis/profile_train_step.py``, docs/profile_train_step.md).
 
 ``set_cpu_allocator('keep')`` makes glibc serve every block from its heap (``M_MMAP_MAX = 0``)
 and never return the heap's free top to the kernel (``M_TRIM_THRESHOLD = -1``): memory that a
@@ -35,7 +35,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _DEFAULT_MMAP_MAX = 65536  # glibc's default
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _MAX_MMAP_THRESHOLD = 32 * 1024 * 1024  # where glibc's dynamic threshold stops (64-bit)
 
 _mode: Optional[str] = None  # None: never set by this module

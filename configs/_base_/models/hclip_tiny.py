@@ -59,7 +59,7 @@ model = dict(
     test_cfg=dict(mode='reference', resize_to=(160, 160), crop_size=(96, 96), stride=(64, 64)))
 custom_hooks = [
     # freed CPU memory is reused instead of unmapped and page-faulted in again (glibc; same
-    # numbers, the head's CPU training step 0.6x the time; mmseg_hclip/utils/cpu_allocator.py)
+    # numbers, the head's CPU training step 0.6-0.7x the time; mmseg_hclip/utils/cpu_allocator.py)
     dict(type='CPUAllocatorHook'),
     dict(type='VocabularyHook'),  # the vocabulary follows the running dataset
     dict(type='HypersphericalEnergyHook', interval=300),  # relative HE drift of text targets

@@ -65,7 +65,7 @@ model = dict(
                   stride=(256, 256)))
 custom_hooks = [
     # freed CPU memory is reused instead of unmapped and page-faulted in again (glibc; same
-    # numbers, the head's CPU training step 0.6x the time; mmseg_hclip/utils/cpu_allocator.py)
+    # numbers, the head's CPU training step 0.6-0.7x the time; mmseg_hclip/utils/cpu_allocator.py)
     dict(type='CPUAllocatorHook'),
     dict(type='VocabularyHook'),  # the vocabulary follows the running dataset
     dict(type='HypersphericalEnergyHook', interval=1000),  # relative HE drift of text targets

@@ -15,7 +15,7 @@ class CPUAllocatorHook(Hook):
 
     With ``mode='keep'`` (the default) freed CPU memory is reused instead of being unmapped
     and mapped again, page by page zeroed by the kernel: the cost-aggregation head's
-    training step took 0.6× the time on this project's CPU machine, with the same numbers;
+    training step took 0.6–0.7× the time on this project's CPU machine, with the same numbers;
     the process keeps its peak heap until it exits (a ViT-B/16 step at 384² with 171
     classes: 10.3 instead of 7.7 GiB resident). ``mode='default'`` in the config's
     ``custom_hooks`` keeps glibc's behaviour. The previous mode is restored after the run.
