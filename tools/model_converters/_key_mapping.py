@@ -26,6 +26,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
 CLIP_PREFIX = 'sem_seg_head.predictor.clip_model.'
 HEAD_PREFIX = 'sem_seg_head.predictor.transformer.'
 
@@ -325,3 +327,41 @@ def save(out: str, state_dict: Dict[str, Tensor], meta: dict) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    return osp.relpath(path, ROOT) if osp.abspath(path).startswith(ROOT) else path
+
+
+def finish_and_save(mapper: KeyMapper, masks: List[Tuple[str, Tensor]], config: str, src: str,
+                    out: str, converted_from: str, converter: str) -> dict:
+    """The converters' last steps: require every source key used, load the result strictly
+    into ``config``'s model, compare the attention masks, write ``out`` with the model
+    settings and the conversion's origin in ``meta``.
+
+    Returns:
+        dict: ``config``, ``num_keys`` (written) and ``num_source_keys``.
+    """
+    num_source_keys = len(mapper.source)
+    state_dict = mapper.finish()
+    model, meta = build_and_check(config, state_dict, source=f'the conversion of {src}')
+    check_attn_masks(masks, model)
+    meta.update(converted_from=converted_from, source=osp.basename(src), converter=converter,
+                config=_shown(config))
+    save(out, state_dict, meta)
+    return dict(config=config, num_keys=len(state_dict), num_source_keys=num_source_keys)
+
+
+def run_cli(convert, args) -> None:
+    """The converters' ``main``: ``convert(args.src, args.out, args.config)``; errors
+    (conversion, mismatch, missing file) end the program with one line; prints a summary."""
+    if osp.abspath(args.src) == osp.abspath(args.out):
+        raise SystemExit('the output would overwrite the source checkpoint; choose another path')
+    try:
+        info = convert(args.src, args.out, args.config)
+    except (ValueError, FileNotFoundError) as err:  # ConversionError, CheckpointMismatchError
+        raise SystemExit(f'error: {err}')
+    print(f'converted {info["num_source_keys"]} source keys into {info["num_keys"]} keys')
+    print(f'checked against: {_shown(osp.abspath(info["config"]))}')
+    print(f'written: {args.out}')

@@ -24,9 +24,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from _key_mapping import (ConversionError, KeyMapper, build_and_check,  # noqa: E402
-                     check_attn_masks, clip_width, consume_pixel_stats, map_catseg_head,
-                     map_clip, read_source, save)
+from _key_mapping import (ConversionError, KeyMapper, clip_width,  # noqa: E402
+                     consume_pixel_stats, finish_and_save, map_catseg_head, map_clip,
+                     read_source, run_cli)
 
 #: default target config per CLIP image width (the weights are the same for every benchmark)
 DEFAULT_CONFIGS = {
@@ -58,16 +58,8 @@ def convert(src: str, out: str, config: str = None) -> dict:
     map_clip(mapper)
     masks = map_catseg_head(mapper)
     consume_pixel_stats(mapper, cfg)
-    state_dict = mapper.finish()
-    model, meta = build_and_check(config, state_dict, source=f'the conversion of {src}')
-    check_attn_masks(masks, model)
-    meta.update(
-        converted_from='CAT-Seg (detectron2)',
-        source=osp.basename(src),
-        converter='tools/model_converters/catseg2mmseg.py',
-        config=osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config)
-    save(out, state_dict, meta)
-    return dict(config=config, num_keys=len(state_dict), num_source_keys=len(source))
+    return finish_and_save(mapper, masks, config, src, out, converted_from='CAT-Seg (detectron2)',
+                           converter='tools/model_converters/catseg2mmseg.py')
 
 
 def parse_args(argv=None):
@@ -85,17 +77,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if osp.abspath(args.src) == osp.abspath(args.out):
-        raise SystemExit('the output would overwrite the source checkpoint; choose another path')
-    try:
-        info = convert(args.src, args.out, args.config)
-    except (ValueError, FileNotFoundError) as err:  # ConversionError, CheckpointMismatchError
-        raise SystemExit(f'error: {err}')
-    print(f'converted {info["num_source_keys"]} source keys into {info["num_keys"]} keys')
-    config = osp.abspath(info['config'])
-    print(f'checked against: {osp.relpath(config, ROOT) if config.startswith(ROOT) else config}')
-    print(f'written: {args.out}')
+    run_cli(convert, parse_args(argv))
 
 
 if __name__ == '__main__':

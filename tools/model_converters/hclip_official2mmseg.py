@@ -16,9 +16,9 @@ plus two scalar buffers per OFT layer (``to_qkv_oft[_vision]``, ``to_out_oft[_vi
 ``cross_attention_dim``, ``hidden_size``, the tower width), the CLIP (``in_proj_weight``
 unsplit) and CAT-Seg's head. Our ``HCLIPAdapter`` stores ``T`` as ``[M, S, q, q]`` split per
 tower (``generators.text``: the orthogonal text tower's generators; ``blocks.image``) and
-the maps as ``dcrc.s3`` ``[12, 10, 10]`` and ``dcrc.s4``, with the same meaning (``configs/hclip_vitb16_coco-stuff_official.py``:
-``sides='official'``, ``dcrc='linear'``, ``dcrc_per_layer=True``,
-``cayley_convention='official'``)::
+the maps as ``dcrc.s3`` ``[12, 10, 10]`` and ``dcrc.s4``, with the same meaning
+(``configs/hclip_vitb16_coco-stuff_official.py``: ``sides='official'``, ``dcrc='linear'``,
+``dcrc_per_layer=True``, ``cayley_convention='official'``)::
 
     python tools/model_converters/hclip_official2mmseg.py model_final.pth work_dirs/hclip.pth
     bash tools/dist_test.sh configs/hclip_vitb16_ade150.py work_dirs/hclip.pth 4 \\
@@ -42,8 +42,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import torch  # noqa: E402
 
 from _key_mapping import (CLIP_PREFIX, ConversionError, KeyMapper,  # noqa: E402
-                     build_and_check, check_attn_masks, consume_pixel_stats, map_catseg_head,
-                     map_clip, read_source, save)
+                     consume_pixel_stats, finish_and_save, map_catseg_head, map_clip,
+                     read_source, run_cli)
 
 DEFAULT_CONFIG = 'configs/hclip_vitb16_coco-stuff_official.py'
 _OFT = 'attn_q_proj_oft_'
@@ -151,16 +151,9 @@ def convert(src: str, out: str, config: str = None) -> dict:
     masks = map_catseg_head(mapper)
     consume_pixel_stats(mapper, cfg)
     del backbone
-    state_dict = mapper.finish()
-    model, meta = build_and_check(config, state_dict, source=f'the conversion of {src}')
-    check_attn_masks(masks, model)
-    meta.update(
-        converted_from="H-CLIP authors' code (detectron2)",
-        source=osp.basename(src),
-        converter='tools/model_converters/hclip_official2mmseg.py',
-        config=osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config)
-    save(out, state_dict, meta)
-    return dict(config=config, num_keys=len(state_dict), num_source_keys=len(source))
+    return finish_and_save(mapper, masks, config, src, out,
+                           converted_from="H-CLIP authors' code (detectron2)",
+                           converter='tools/model_converters/hclip_official2mmseg.py')
 
 
 def parse_args(argv=None):
@@ -175,17 +168,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if osp.abspath(args.src) == osp.abspath(args.out):
-        raise SystemExit('the output would overwrite the source checkpoint; choose another path')
-    try:
-        info = convert(args.src, args.out, args.config)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f'error: {err}')
-    print(f'converted {info["num_source_keys"]} source keys into {info["num_keys"]} keys')
-    config = osp.abspath(info['config'])
-    print(f'checked against: {osp.relpath(config, ROOT) if config.startswith(ROOT) else config}')
-    print(f'written: {args.out}')
+    run_cli(convert, parse_args(argv))
 
 
 if __name__ == '__main__':
