@@ -17,7 +17,6 @@ Usage::
 """
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_peft import _cpu_name  # noqa: E402
 from mmseg_hclip.peft.block_transforms import (_mkl_set_local_threads,  # noqa: E402
                                                _serial_small_linalg)
 
@@ -47,16 +48,6 @@ def _uptime() -> str:
     except OSError:
         return 'n/a'
 
-
-def _cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None):

@@ -36,8 +36,11 @@ import torch.nn.functional as F
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmark_peft import _cpu_name  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,16 +61,6 @@ def parse_args(argv=None):
 def loadavg() -> str:
     return ' '.join(f'{v:.2f}' for v in os.getloadavg())
 
-
-def cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
 
 
 def timed(fn):
@@ -191,7 +184,8 @@ def main(argv=None):
         f'Model: `{osp.relpath(args.config, ROOT)}` with random CLIP weights '
         f'(`pretrained=None`), adapter merged, input {h}x{w}, pad_len {head.pad_len}, '
         f'fp32. Export: {export_s:.0f} s.',
-        f'Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} threads for '
+        f"Machine: {_cpu_name() or 'unknown CPU'}, {os.cpu_count()} logical CPUs, "
+        f'{args.threads} threads for '
         f'both runtimes; torch {torch.__version__}, onnxruntime {ort.__version__}, '
         f'Python {platform.python_version()}.',
         f'Load average (1, 5, 15 min) before: {load_before}; after: {load_after} (the machine '

@@ -26,7 +26,8 @@ from mmseg_hclip.utils.cpu_allocator import set_cpu_allocator
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from profile_train_step import _cpu_model, op_table, parse_setup  # noqa: E402
+from benchmark_peft import _cpu_name  # noqa: E402
+from profile_train_step import op_table, parse_setup  # noqa: E402
 
 PRODUCTS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_convolution',
             'aten::_scaled_dot_product_flash_attention_for_cpu')
@@ -87,7 +88,8 @@ def main(argv=None):
         f'- head of `{osp.relpath(args.config, ROOT)}` (random weights), features of one 384² '
         f'view ({grid[0]}×{grid[1]}), {args.classes} classes, eval (class pooling '
         f'{head_cfg.get("test_pool_size", 1)}), no gradient',
-        f'- CPU: {_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, '
+        f"- CPU: {_cpu_name() or 'unknown CPU'}, {os.cpu_count()} cores, "
+        f'torch {torch.__version__}, '
         f'{torch.get_num_threads()} thread(s); load average before '
         f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
         f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}", '',

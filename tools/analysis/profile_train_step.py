@@ -43,7 +43,6 @@ import gc
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import sys
 import time
@@ -61,7 +60,7 @@ from mmseg_hclip.utils.cpu_allocator import ALLOCATOR_MODES, set_cpu_allocator
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 THIS = osp.abspath(__file__)  # before anything can change the working directory
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_peft import peak_memory  # noqa: E402
+from benchmark_peft import _cpu_name, peak_memory  # noqa: E402
 
 
 def timed(fn, repeats, warmup=1):
@@ -301,7 +300,7 @@ def main(argv=None):
         threads=torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats,
         order='one after another' if args.sequential else 'in interleaved rounds',
         load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
-        cpu=_cpu_model(), torch=torch.__version__, setups=setups)
+        cpu=_cpu_name() or 'unknown CPU', torch=torch.__version__, setups=setups)
     report = render(command, settings, times, res, loads, memory, accuracy, ops)
     print(report)
     if args.out:
@@ -341,16 +340,6 @@ def allocator_rounds(parts, alloc_of, repeats, warmup, warm):
                     times[name].append(time.perf_counter() - start)
     return times
 
-
-def _cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
 
 
 def bf16_accuracy(model, inputs, sample):
