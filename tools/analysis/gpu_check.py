@@ -196,14 +196,7 @@ def run_one(model, optim_wrapper, inputs, samples, device, precision, impl, args
     text()
     image()
     head_part()  # gradients everywhere, so the optimizer step does its full work
-    times = []
-    for _ in range(n_split):
-        sync(device)
-        t = time.perf_counter()
-        optimizer_part()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    split['optimizer'] = statistics.median(times)
+    split['optimizer'] = statistics.median(timed(optimizer_part, n_split, device))
     optim_wrapper.zero_grad()
     step_time = statistics.median(step_times)
     return dict(step_times=step_times, step=step_time, images_per_s=inputs.shape[0] / step_time,
