@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_peft import _cpu_name  # noqa: E402
+from benchmark_peft import _cpu_name, write_report  # noqa: E402
 from mmseg_hclip.peft.block_transforms import (_mkl_set_local_threads,  # noqa: E402
                                                _serial_small_linalg)
 
@@ -109,10 +109,7 @@ def main(argv=None):
         lines.append(f"| {name} | {med:.4f} | {', '.join(f'{t:.3f}' for t in times[name])} | "
                      f'{med / base:.3f} |')
     report = '\n'.join(lines) + '\n'
-    print(report)
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            f.write(report)
+    write_report(report, args.out)
     return times
 
 

@@ -41,7 +41,8 @@ for _path in (ROOT, osp.dirname(osp.abspath(__file__))):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from benchmark_peft import _cpu_name, interleaved_times, peak_memory  # noqa: E402
+from benchmark_peft import (_cpu_name, interleaved_times, peak_memory,  # noqa: E402
+                            write_report)
 
 ARCHS = {
     'ViT-B-16': 'configs/_base_/models/hclip_vitb16.py',
@@ -370,12 +371,7 @@ def main(argv=None):
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     result = run_benchmark(args)
     report = render(result)
-    print(report)
-    if args.out:
-        out = args.out if osp.isabs(args.out) else osp.join(os.getcwd(), args.out)
-        os.makedirs(osp.dirname(out), exist_ok=True)
-        with open(out, 'w') as f:
-            f.write(report)
+    write_report(report, args.out)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=2)

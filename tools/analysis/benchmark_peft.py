@@ -24,7 +24,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +168,15 @@ def interleaved_times(fns: Dict[str, Callable], repeats: int, warmup: int,
     return times
 
 
+def write_report(report: str, out: Optional[str]) -> None:
+    """Print ``report`` and, when ``out`` is given, write it there (UTF-8; folders made)."""
+    print(report)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, 'w', encoding='utf-8') as f:
+            f.write(report)
+
+
 def peak_memory(fn: Callable, device) -> int:
     """Peak bytes of live tensors allocated during ``fn()`` (relative to its start).
 
@@ -257,11 +266,7 @@ def main(argv=None):
         persistent={n: f.persistent() for n, f in steps.items()},
         peak_memory=memory, infer_times=infer_times, parametrisation_times=param_times)
     report = render(result)
-    print(report)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(report)
+    write_report(report, args.out)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=2)

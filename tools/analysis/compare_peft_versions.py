@@ -324,11 +324,7 @@ def main(argv=None):
         uptime_before=uptime_before, uptime_after=uptime_after, checks=checks, rtol=args.rtol,
         times=times, ratios=ratios(times))
     report = render(result)
-    print(report)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(report)
+    bp.write_report(report, args.out)
     return result
 
 

@@ -26,7 +26,7 @@ from mmseg_hclip.utils.cpu_allocator import set_cpu_allocator
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_peft import _cpu_name  # noqa: E402
+from benchmark_peft import _cpu_name, write_report  # noqa: E402
 from profile_train_step import op_table, parse_setup  # noqa: E402
 
 PRODUCTS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::mkldnn_convolution',
@@ -107,10 +107,7 @@ def main(argv=None):
             lines.append(f'| `{key}` | {count} | {secs:.2f} | '
                          f"{100 * secs / table['total_s']:.1f}% |")
     report = '\n'.join(lines) + '\n'
-    print(report)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(report)
+    write_report(report, args.out)
     return results
 
 

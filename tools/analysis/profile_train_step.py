@@ -60,7 +60,7 @@ from mmseg_hclip.utils.cpu_allocator import ALLOCATOR_MODES, set_cpu_allocator
 ROOT = osp.dirname(osp.dirname(osp.abspath(mmseg_hclip.__file__)))
 THIS = osp.abspath(__file__)  # before anything can change the working directory
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from benchmark_peft import _cpu_name, peak_memory  # noqa: E402
+from benchmark_peft import _cpu_name, peak_memory, write_report  # noqa: E402
 
 
 def timed(fn, repeats, warmup=1):
@@ -302,11 +302,7 @@ def main(argv=None):
         load_before=load_before, load_after=load_after, cpus=os.cpu_count(),
         cpu=_cpu_name() or 'unknown CPU', torch=torch.__version__, setups=setups)
     report = render(command, settings, times, res, loads, memory, accuracy, ops)
-    print(report)
-    if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            f.write(report)
+    write_report(report, args.out)
     return dict(settings=settings, times=times, loads=loads, memory=memory,
                 accuracy=accuracy, ops=ops)
 
