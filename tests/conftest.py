@@ -11,6 +11,17 @@ def repo_root():
     return ROOT
 
 
+def load_script(path, name=None):
+    """Import the repository script ``path`` (relative to the root, e.g.
+    ``'tools/analysis/benchmark.py'``) as a module, to call its functions in-process."""
+    import importlib.util
+    name = name or 'hclip_script_' + os.path.splitext(path)[0].replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_tool(args, cwd=None, env=None, timeout=900):
     """Run a repository script with this interpreter; return the CompletedProcess."""
     import subprocess

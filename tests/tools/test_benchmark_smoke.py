@@ -1,12 +1,10 @@
 """tools/analysis/benchmark.py on the tiny inline CLIP: every setup is measured and reported,
 ratios and memory are positive, merged and unmerged inference agree (no timing assertions)."""
-import importlib.util
-import os.path as osp
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import load_script
 
 SETUPS = ('H-CLIP', 'frozen CLIP', 'LoRA (q, k, v, out)', 'attention FT (q, v)')
 INFER = ('H-CLIP merged', 'H-CLIP unmerged', 'frozen CLIP (plain CLIP)')
@@ -14,11 +12,7 @@ INFER = ('H-CLIP merged', 'H-CLIP unmerged', 'frozen CLIP (plain CLIP)')
 
 @pytest.fixture(scope='module')
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        'hclip_tool_benchmark', osp.join(ROOT, 'tools', 'analysis', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/analysis/benchmark.py')
 
 
 @pytest.fixture(scope='module')

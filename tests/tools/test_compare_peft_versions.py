@@ -1,14 +1,13 @@
 """tools/analysis/compare_peft_versions.py on the tiny CLIP against d2a1ae2 (the peft package
 before the refactor): both versions are loaded side by side, checked equal and timed; a
 difference between them stops the script before timing (no timing assertions)."""
-import importlib.util
 import os.path as osp
 import statistics
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 AGAINST = 'd2a1ae2'
 TINY = ['--model', 'tiny', '--image-size', '32', '--block-size', '16', '--prompts', '3',
@@ -17,11 +16,7 @@ TINY = ['--model', 'tiny', '--image-size', '32', '--block-size', '16', '--prompt
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        'hclip_tool_compare_peft_versions',
-        osp.join(ROOT, 'tools', 'analysis', 'compare_peft_versions.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('tools/analysis/compare_peft_versions.py')
     try:
         module.resolve(AGAINST)
     except module.RevisionError as err:  # a shallow clone: the only reason to skip

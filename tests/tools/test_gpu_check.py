@@ -1,6 +1,5 @@
 """tools/analysis/gpu_check.{sh,py}: the CPU dry run (--device cpu --tiny) trains both settings
 in fp32 and bf16 and reports every column (no timing assertions)."""
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -9,16 +8,12 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 @pytest.fixture(scope='module')
 def gpu_check():
-    spec = importlib.util.spec_from_file_location(
-        'hclip_tool_gpu_check', osp.join(ROOT, 'tools', 'analysis', 'gpu_check.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/analysis/gpu_check.py')
 
 
 def test_dry_run_reports_every_setting(gpu_check, tmp_path):

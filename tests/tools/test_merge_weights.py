@@ -2,7 +2,6 @@
 open_clip export is a plain open_clip CLIP with the tuned features, bad inputs fail clearly.
 
 Everything uses the tiny inline CLIP of configs/_base_/models/hclip_tiny.py."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -11,7 +10,7 @@ import torch
 from mmengine.config import Config
 from torch.func import functional_call
 
-from tests.conftest import ROOT, run_tool
+from tests.conftest import ROOT, load_script, run_tool
 
 TINY = osp.join(ROOT, 'configs', '_base_', 'models', 'hclip_tiny.py')
 VOCAB = ('background', 'red square', 'blue circle, disc', 'sky')
@@ -19,11 +18,7 @@ VOCAB = ('background', 'red square', 'blue circle, disc', 'sky')
 
 def load_tool(name: str):
     """Import ``tools/<name>.py`` as a module (to call its ``main(argv)`` in-process)."""
-    spec = importlib.util.spec_from_file_location(f'hclip_tool_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f'tools/{name}.py', f'hclip_tool_{name}')
 
 
 def build_tiny(cfg_options=None, seed=0):

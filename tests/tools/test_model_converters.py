@@ -7,7 +7,6 @@ weights of one of our tiny models. The converted checkpoint must load strictly i
 target config and give exactly that model's outputs; the H-CLIP adapter must compute the
 weights the authors' formulation gives for the source tensors (written here in fp64 loops).
 """
-import importlib.util
 import os.path as osp
 import sys
 
@@ -16,7 +15,7 @@ import torch
 
 pytest.importorskip('mmseg')
 
-from tests.conftest import ROOT  # noqa: E402
+from tests.conftest import ROOT, load_script  # noqa: E402
 
 TINY = osp.join(ROOT, 'configs', '_base_', 'models', 'hclip_tiny.py')
 CLIP = 'sem_seg_head.predictor.clip_model.'
@@ -38,11 +37,7 @@ def load_converter(name):
     folder = osp.join(ROOT, 'tools', 'model_converters')
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(f'hclip_converter_{name}',
-                                                  osp.join(folder, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f'tools/model_converters/{name}.py', f'hclip_converter_{name}')
 
 
 def write_config(path, adapter, **head):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT, run_tool
+from tests.conftest import ROOT, load_script, run_tool
 from tests.tools.test_demo import synthetic_image
 from tests.tools.test_merge_weights import TINY, make_tiny_checkpoint
 
@@ -29,14 +29,9 @@ VOCAB = ('background', 'red square, red box', 'blue circle', 'sky')
 
 
 def deploy_module(name):
-    import importlib.util
     if DEPLOY not in sys.path:
         sys.path.insert(0, DEPLOY)
-    spec = importlib.util.spec_from_file_location(f'hclip_deploy_{name}',
-                                                  osp.join(DEPLOY, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f'tools/deploy/{name}.py', f'hclip_deploy_{name}')
 
 
 @pytest.fixture(scope='module')

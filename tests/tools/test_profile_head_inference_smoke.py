@@ -1,19 +1,14 @@
 """tools/analysis/profile_head_inference.py on the tiny config: both setups timed, operator
 tables filled, the products' share within the profiled total (no timing assertions)."""
-import importlib.util
 import os.path as osp
 
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 def test_profile_head_inference_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        'hclip_tool_profile_head_inference',
-        osp.join(ROOT, 'tools', 'analysis', 'profile_head_inference.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('tools/analysis/profile_head_inference.py')
     out = tmp_path / 'inference.md'
     threads = torch.get_num_threads()
     results = module.main(['--config', osp.join(ROOT, 'configs/_base_/models/hclip_tiny.py'),

@@ -1,22 +1,17 @@
 """tools/analysis/profile_train_step.py on the tiny config: every part is timed with its
 load average, every setup (head impl x allocator mode) and the bf16 path are reported, the
 operator tables and the bf16 accuracy are filled (no timing assertions)."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 @pytest.fixture(scope='module')
 def result(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location(
-        'hclip_tool_profile_train_step',
-        osp.join(ROOT, 'tools', 'analysis', 'profile_train_step.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('tools/analysis/profile_train_step.py')
     out = tmp_path_factory.mktemp('profile') / 'profile.md'
     threads = torch.get_num_threads()
     argv = ['--config', osp.join(ROOT, 'configs/_base_/models/hclip_tiny.py'), '--classes', '5',

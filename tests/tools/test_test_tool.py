@@ -1,19 +1,14 @@
 """tools/test.py builds the H-CLIP model the way the checkpoint needs it."""
-import importlib.util
 import os
 
 import torch
 from mmengine.config import Config
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_script
 
 
 def _test_tool():
-    spec = importlib.util.spec_from_file_location('hclip_test_tool',
-                                                  os.path.join(ROOT, 'tools', 'test.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/test.py', 'hclip_test_tool')
 
 
 def test_checkpoint_decides_pretrained_and_adapter(tmp_path):
