@@ -216,28 +216,27 @@ def main(argv=None):
 
     parts, alloc_of = {}, {}  # name -> fn, name -> the allocator mode it runs under
 
-    def under(alloc, fn):
-        return alloc, fn
+    def add(name, alloc, fn):
+        parts[name], alloc_of[name] = fn, alloc
+
     for impl, alloc in setups:
-        parts[f'step[{impl}, {alloc}]'] = under(alloc, step_fn(impl))
+        add(f'step[{impl}, {alloc}]', alloc, step_fn(impl))
     for alloc in allocs:
-        parts[f'text_tower[{alloc}]'] = under(alloc, text_fn())
-        parts[f'image_tower[{alloc}]'] = under(alloc, image_fn())
+        add(f'text_tower[{alloc}]', alloc, text_fn())
+        add(f'image_tower[{alloc}]', alloc, image_fn())
     for impl, alloc in setups:
-        parts[f'head[{impl}, {alloc}]'] = under(alloc, head_fn(impl))
+        add(f'head[{impl}, {alloc}]', alloc, head_fn(impl))
     for impl, alloc in setups:
-        parts[f'head_inference[{impl}, {alloc}]'] = under(alloc, infer_fn(impl))
-    parts[f'adapter_weights[{allocs[0]}]'] = under(allocs[0], adapter_only)
+        add(f'head_inference[{impl}, {alloc}]', alloc, infer_fn(impl))
+    add(f'adapter_weights[{allocs[0]}]', allocs[0], adapter_only)
     if args.bf16:
         impl, alloc = setups[0]
-        parts[f'step[{impl}, {alloc}, bf16]'] = under(alloc, step_fn(impl, True))
-        parts[f'text_tower[{alloc}, bf16]'] = under(alloc, text_fn(True))
-        parts[f'image_tower[{alloc}, bf16]'] = under(alloc, image_fn(True))
-        parts[f'head[{impl}, {alloc}, bf16]'] = under(alloc, head_fn(impl, True))
-        parts[f'head_inference[{impl}, {alloc}, bf16]'] = under(alloc, infer_fn(impl, True))
+        add(f'step[{impl}, {alloc}, bf16]', alloc, step_fn(impl, True))
+        add(f'text_tower[{alloc}, bf16]', alloc, text_fn(True))
+        add(f'image_tower[{alloc}, bf16]', alloc, image_fn(True))
+        add(f'head[{impl}, {alloc}, bf16]', alloc, head_fn(impl, True))
+        add(f'head_inference[{impl}, {alloc}, bf16]', alloc, infer_fn(impl, True))
 
-    alloc_of = {name: alloc for name, (alloc, _) in parts.items()}
-    parts = {name: fn for name, (_, fn) in parts.items()}
     impl, alloc = setups[0]
     warm = step_fn(impl)  # grows the heap that the 'keep' parts reuse (untimed)
 
